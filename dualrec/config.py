@@ -1,0 +1,253 @@
+"""One configuration object for the whole pipeline.
+
+Every knob lives here (no constants scattered in modules) so that a YAML/TOML file, the
+CLI and Airflow DAG params can all override the same thing. Defaults follow the paper
+(L=200 users per item, Q=10 items per user per day).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FEEDBACKS: tuple[str, ...] = ("like", "comment", "follow", "share", "profile_enter", "long_view")
+"""The M=6 feedback types predicted by the ranker (paper 5.1.2)."""
+
+EXPLICIT_FEEDBACKS: tuple[str, ...] = ("like", "comment", "follow", "share", "profile_enter")
+"""Feedback the creator can see; used as two-tower positives and in truth metrics."""
+
+
+@dataclass
+class SparkConfig:
+    """Spark session settings; local mode by default, a cluster by changing ``master``."""
+
+    master: str = "local[*]"
+    app_name: str = "dualrec"
+    shuffle_partitions: int = 8
+    driver_memory: str = "6g"
+    arrow_batch_size: int = 10000
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ActivityConfig:
+    """User activity prediction (paper 4.2.1)."""
+
+    lookback_days: int = 30
+    train_target_days: int = 5
+    max_train_rows: int = 400_000
+    # "top_n": keep the N most likely users, N = items * L / Q * slack;
+    # "probability": keep users with p_active >= probability_threshold.
+    policy: str = "top_n"
+    probability_threshold: float = 0.5
+    slack: float = 3.0
+    min_available: int = 0
+    n_estimators: int = 300
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    early_stopping_rounds: int = 20
+    subsample: float = 0.9
+    colsample_bytree: float = 0.9
+
+
+@dataclass
+class TwoTowerConfig:
+    """Two-tower retrieval model and the user ANN index (paper 3.2.2)."""
+
+    dim: int = 32
+    hidden: int = 128
+    train_window_days: int = 14
+    epochs: int = 3
+    batch_size: int = 1024
+    lr: float = 0.003
+    negatives_per_positive: int = 4
+    in_batch_negatives: bool = True
+    item_id_dropout: float = 0.5
+    id_buckets: int = 1 << 18
+    warm_start: bool = True
+    max_train_pairs: int = 2_000_000
+    # index: exact below this many vectors, IVF above
+    exact_max: int = 100_000
+    ivf_nlist: int = 0  # 0 = 4*sqrt(n)
+    ivf_nprobe: int = 32
+    recall_queries: int = 200
+    recall_k: int = 200
+
+
+@dataclass
+class SimilarityConfig:
+    """Similarity services S^I, S^U and H^I (paper 3.2.1)."""
+
+    item_window_days: int = 7
+    item_k: int = 20
+    user_k: int = 20
+    positives_window_days: int = 14
+    positives_cap: int = 200
+
+
+@dataclass
+class RetrievalConfig:
+    """Retrieval channels and their per-channel K (paper 3.2, Eq. 5 and 8)."""
+
+    channels: list[str] = field(default_factory=lambda: ["two_tower", "i2i2u", "i2u2u"])
+    k: dict[str, int] = field(default_factory=lambda: {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300})
+    # Our extension (off by default): seed i2u2u with the creator's recently engaged users.
+    i2u2u_creator_seed: bool = False
+
+
+@dataclass
+class RankConfig:
+    """Multi-task ranker and score integration (paper 3.3, Eq. 10)."""
+
+    train_window_days: int = 7
+    epochs: int = 2
+    batch_size: int = 2048
+    lr: float = 0.002
+    emb_dim: int = 16
+    hidden: int = 128
+    sample_augmentation: bool = True
+    extra_features: bool = True
+    warm_start: bool = True
+    cadence_days: int = 1
+    max_train_rows: int = 2_000_000
+    beta: dict[str, float] = field(
+        default_factory=lambda: {
+            "like": 1.0,
+            "comment": 2.0,
+            "follow": 3.0,
+            "share": 2.0,
+            "profile_enter": 0.5,
+            "long_view": 0.05,
+        }
+    )
+    # theta_u = (explicit positives + prior_strength * global_rate) / (impressions + prior_strength)
+    theta_prior_strength: float = 20.0
+
+
+@dataclass
+class DispatchConfig:
+    """Available-user store and capacity-constrained assignment (paper 4, Algorithm 1)."""
+
+    L: int = 200
+    Q: int = 10
+    batches_per_day: int = 24
+    policy: str = "arrival"  # "arrival" (Algorithm 1) or "matching" (our improvement)
+    boost_lambda: float = 1.0
+
+
+@dataclass
+class DualRecConfig:
+    """The single configuration object of the pipeline."""
+
+    seed: int = 0
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "DualRecConfig":
+        """Build a config from nested dicts, rejecting unknown keys (typos must not pass silently)."""
+        return _build(cls, data or {}, "config")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "DualRecConfig":
+        """Load YAML/TOML/JSON (by extension), then apply dotted ``overrides`` ("dispatch.Q": 5)."""
+        data: dict[str, Any] = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ValueError(f"config file not found: {p}")
+            text = p.read_text()
+            if p.suffix in (".yaml", ".yml"):
+                data = yaml.safe_load(text) or {}
+            elif p.suffix == ".toml":
+                data = tomllib.loads(text)
+            elif p.suffix == ".json":
+                data = json.loads(text)
+            else:
+                raise ValueError(f"config file must be .yaml, .yml, .toml or .json: {p}")
+            if not isinstance(data, dict):
+                raise ValueError(f"config file {p} must hold a mapping at top level")
+        cfg = cls.from_dict(data)
+        for key, value in (overrides or {}).items():
+            cfg = cfg.with_override(key, value)
+        return cfg
+
+    def with_override(self, dotted: str, value: Any) -> "DualRecConfig":
+        """Return a copy with one dotted key replaced (e.g. ``dispatch.Q``)."""
+        data = self.to_dict()
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ValueError(f"unknown config key: {dotted}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"unknown config key: {dotted}")
+        old = node[parts[-1]]
+        if isinstance(value, str) and not isinstance(old, str):
+            value = yaml.safe_load(value)
+        node[parts[-1]] = value
+        return DualRecConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _build(klass: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, dict) and isinstance(value, dict):
+            merged = dict(default)
+            merged.update(value)
+            kwargs[name] = merged
+        else:
+            if default is not None and not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+            ):
+                raise ValueError(
+                    f"{where}.{name} must be {type(default).__name__}, got {type(value).__name__} ({value!r})"
+                )
+            kwargs[name] = float(value) if isinstance(default, float) else value
+    cfg = klass(**kwargs)
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg: Any, where: str) -> None:
+    """Range checks that catch configs that would run but give nonsense."""
+    if isinstance(cfg, DispatchConfig):
+        if cfg.L < 1 or cfg.Q < 1 or cfg.batches_per_day < 1:
+            raise ValueError(f"{where}: L, Q and batches_per_day must be >= 1")
+        if cfg.policy not in ("arrival", "matching"):
+            raise ValueError(f"{where}.policy must be 'arrival' or 'matching', got {cfg.policy!r}")
+    if isinstance(cfg, ActivityConfig) and cfg.policy not in ("top_n", "probability"):
+        raise ValueError(f"{where}.policy must be 'top_n' or 'probability', got {cfg.policy!r}")
+    if isinstance(cfg, RetrievalConfig):
+        missing = [c for c in cfg.channels if c not in cfg.k]
+        if missing:
+            raise ValueError(f"{where}.k has no K for channel(s): {', '.join(missing)}")

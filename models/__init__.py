@@ -1,0 +1,1 @@
+"""Model code without Spark: XGBoost activity model, PyTorch towers and ranker, FAISS indexes."""
