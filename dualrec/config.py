@@ -78,6 +78,16 @@ class TwoTowerConfig:
     ivf_nprobe: int = 32
     recall_queries: int = 200
     recall_k: int = 200
+    # feature encoders: hashed ID embeddings of width id_dim; small categoricals hashed to cat_buckets
+    id_dim: int = 16
+    cat_buckets: int = 1024
+    # how far back items are read to find the content of items liked inside the training window
+    item_lookback_days: int = 30
+    # leave out feedback on items uploaded on D itself (the items this run dispatches), so the
+    # model and the users' liked-content summary never see feedback on the items being served
+    exclude_day_uploads: bool = True
+    infer_batch_rows: int = 8192
+    ivf_train_max: int = 200_000  # points sampled to train the IVF coarse quantizer
 
 
 @dataclass
@@ -97,8 +107,15 @@ class RetrievalConfig:
 
     channels: list[str] = field(default_factory=lambda: ["two_tower", "i2i2u", "i2u2u"])
     k: dict[str, int] = field(default_factory=lambda: {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300})
-    # Our extension (off by default): seed i2u2u with the creator's recently engaged users.
+    # Our extension (off by default): seed i2u2u with the creator's recently engaged users
+    # (positives on the creator's earlier items), so an item without feedback yet is not empty.
     i2u2u_creator_seed: bool = False
+    i2u2u_creator_seed_weight: float = 0.5  # seed weight relative to the item's own positives
+    creator_seed_days: int = 14  # how far back the creator's earlier items are looked up
+    # two_tower: below this many items per day the ANN search runs on the driver (measured faster
+    # than shipping the index to executors); above it, in mapInPandas with the index broadcast.
+    two_tower_driver_max_items: int = 20_000
+    search_batch: int = 1024  # item queries per FAISS call
 
 
 @dataclass
@@ -128,6 +145,15 @@ class RankConfig:
     )
     # theta_u = (explicit positives + prior_strength * global_rate) / (impressions + prior_strength)
     theta_prior_strength: float = 20.0
+    # features (point-in-time): user history window, item "so far" history, item lookup range
+    user_window_days: int = 14
+    item_history_days: int = 7
+    item_lookback_days: int = 30
+    profile_dim: int = 16  # content embeddings are projected (fixed seeded map) to this width
+    rate_prior_strength: float = 10.0  # smoothing of per-item/creator/user positive rates
+    id_buckets: int = 1 << 17
+    cat_buckets: int = 64
+    score_batch_rows: int = 8192
 
 
 @dataclass
@@ -139,6 +165,24 @@ class DispatchConfig:
     batches_per_day: int = 24
     policy: str = "arrival"  # "arrival" (Algorithm 1) or "matching" (our improvement)
     boost_lambda: float = 1.0
+    # Per-batch assignment engine: "numpy" (one Spark task per batch runs the NumPy kernel via
+    # mapInArrow; fastest, see benchmarks/dispatch.py) or "spark" (pure Spark rounds of windows).
+    engine: str = "numpy"
+
+
+@dataclass
+class MetricsConfig:
+    """Evaluation (SPEC 6): sample sizes that keep truth-based metrics cheap at large scale."""
+
+    # truth metrics, baselines and the oracle run on at most this many of the day's items
+    max_items: int = 2000
+    # oracle / truth-recall candidate pool: a random subset of this many available users
+    oracle_pool_users: int = 20000
+    # the oracle keeps each item's true top (oracle_topk_factor * L) users of the pool
+    oracle_topk_factor: float = 3.0
+    # pairs per Truth call (memory bound)
+    truth_chunk_pairs: int = 2_000_000
+    calibration_bins: int = 10
 
 
 @dataclass
@@ -153,6 +197,7 @@ class DualRecConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -196,8 +241,14 @@ class DualRecConfig:
         if parts[-1] not in node:
             raise ValueError(f"unknown config key: {dotted}")
         old = node[parts[-1]]
-        if isinstance(value, str) and not isinstance(old, str):
-            value = yaml.safe_load(value)
+        if isinstance(value, str):
+            # CLI/Airflow values are YAML (JSON is YAML): '5' -> 5, '"arrival"' -> 'arrival'
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+            if not isinstance(old, str) or isinstance(parsed, str):
+                value = parsed
         node[parts[-1]] = value
         return DualRecConfig.from_dict(data)
 
@@ -245,6 +296,8 @@ def _check(cfg: Any, where: str) -> None:
             raise ValueError(f"{where}: L, Q and batches_per_day must be >= 1")
         if cfg.policy not in ("arrival", "matching"):
             raise ValueError(f"{where}.policy must be 'arrival' or 'matching', got {cfg.policy!r}")
+        if cfg.engine not in ("numpy", "spark"):
+            raise ValueError(f"{where}.engine must be 'numpy' or 'spark', got {cfg.engine!r}")
     if isinstance(cfg, ActivityConfig) and cfg.policy not in ("top_n", "probability"):
         raise ValueError(f"{where}.policy must be 'top_n' or 'probability', got {cfg.policy!r}")
     if isinstance(cfg, RetrievalConfig):

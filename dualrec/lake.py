@@ -108,6 +108,10 @@ class Lake:
     def emb_dim(self) -> int | None:
         return self.meta().get("emb_dim")
 
+    def allows_empty(self, table: str) -> bool:
+        """Logged datasets may have days without uploads; they opt in via ``allow_empty_tables``."""
+        return table in self.meta().get("allow_empty_tables", [])
+
     # ------------------------------------------------------------------ files
     def exists(self, rel: str) -> bool:
         return self._fs.get_file_info(self.fs_path(rel)).type != pafs.FileType.NotFound
@@ -185,7 +189,9 @@ class Lake:
         if validate:
             from schemas.validate import validate_arrow
 
-            validate_arrow(table, parse_date(day), data, emb_dim=self.emb_dim()).raise_if_failed()
+            validate_arrow(
+                table, parse_date(day), data, emb_dim=self.emb_dim(), allow_empty=self.allows_empty(table)
+            ).raise_if_failed()
         with self.publish_dir(self.partition_rel(table, day)) as staging:
             with self._fs.open_output_stream(self.fs_path(posixpath.join(staging, "part-00000.parquet"))) as f:
                 pq.write_table(data, f, compression="zstd")
@@ -267,7 +273,9 @@ class Lake:
 
         day = parse_date(day) if day is not None else None
         rel = rel or self.partition_rel(table, day)
-        return validate_files(table, day, self._fs, self._data_files(rel), emb_dim=self.emb_dim())
+        return validate_files(
+            table, day, self._fs, self._data_files(rel), emb_dim=self.emb_dim(), allow_empty=self.allows_empty(table)
+        )
 
     # ------------------------------------------------------------------ models
     def model_days(self, name: str) -> list[dt.date]:

@@ -67,6 +67,96 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if n_bad else 0
 
 
+def _config(args: argparse.Namespace):
+    from dualrec.config import DualRecConfig
+
+    return DualRecConfig.load(getattr(args, "config", None), parse_overrides(getattr(args, "set", None)))
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dualrec.lake import Lake
+    from dualrec.pipeline import run_day
+
+    timings = run_day(Lake(args.lake), args.date, _config(args), progress=_progress)
+    print(json.dumps({"date": args.date, "stage_seconds": timings}))
+    return 0
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from dualrec.lake import Lake
+    from dualrec.pipeline import backfill
+
+    status = backfill(Lake(args.lake), args.start, args.end, _config(args), force=args.force, progress=_progress)
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dualrec.lake import Lake
+    from dualrec.metrics import evaluate
+    from dualrec.report import write_report
+
+    lake = Lake(args.lake)
+    metrics = evaluate(lake, args.date, _config(args))
+    path = write_report(lake, args.date, metrics)
+    if args.json:
+        print(json.dumps(metrics, default=_json_default))
+    else:
+        print(_format_summary(_flatten_top(metrics)))
+        print(f"report: {path}")
+    return 0
+
+
+def _json_default(v):
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def _flatten_top(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, dict)}
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from dualrec.ingest import ingest
+
+    summary = ingest(args.kind, args.src, args.lake)
+    print(_format_summary(summary))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dualrec.demo import run_demo
+
+    out = run_demo(args.lake, preset=args.preset, synth_days=args.days, run_days=args.run_days, seed=args.seed,
+                   cfg=_config(args), progress=_progress)
+    m = out["metrics"]
+    head = {
+        "date": out["date"],
+        "activity.hit_rate": m.get("activity", {}).get("hit_rate"),
+        "activity.hit_rate_all_users": m.get("activity", {}).get("hit_rate_all_users"),
+        "dispatch.items_covered": m.get("dispatch", {}).get("items_covered"),
+        "dispatch.max_du": m.get("dispatch", {}).get("max_du"),
+        "quality.feedback_per_pair": m.get("quality", {}).get("feedback_per_pair"),
+        "quality.feedback_per_pair_random": m.get("quality", {}).get("feedback_per_pair_random"),
+        "quality.feedback_per_pair_oracle": m.get("quality", {}).get("feedback_per_pair_oracle"),
+    }
+    print(_format_summary(head))
+    print(f"report: {out['report']}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML/TOML/JSON config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. dispatch.Q=5")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dualrec", description="DualRec creator-side dispatch pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -87,23 +177,59 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--date")
     v.set_defaults(fn=_cmd_validate)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    r = sub.add_parser("run", help="run every stage for one logical date")
+    r.add_argument("--lake", required=True)
+    r.add_argument("--date", required=True)
+    _add_config_args(r)
+    r.set_defaults(fn=_cmd_run)
+
+    b = sub.add_parser("backfill", help="run days in order, skipping complete ones")
+    b.add_argument("--lake", required=True)
+    b.add_argument("--start", required=True)
+    b.add_argument("--end", required=True)
+    b.add_argument("--force", action="store_true", help="rerun days that are already complete")
+    _add_config_args(b)
+    b.set_defaults(fn=_cmd_backfill)
+
+    e = sub.add_parser("evaluate", help="print a day's metrics and write its HTML report")
+    e.add_argument("--lake", required=True)
+    e.add_argument("--date", required=True)
+    e.add_argument("--json", action="store_true")
+    _add_config_args(e)
+    e.set_defaults(fn=_cmd_evaluate)
+
+    i = sub.add_parser("ingest", help="convert a public dataset into a lake")
+    i.add_argument("kind", choices=["movielens", "kuairand"])
+    i.add_argument("--src", required=True)
+    i.add_argument("--lake", required=True)
+    i.set_defaults(fn=_cmd_ingest)
+
+    d = sub.add_parser("demo", help="synthesise a small world, run it, evaluate, print the report path")
+    d.add_argument("--lake", default="./dualrec-demo-lake")
+    d.add_argument("--preset", default="small", choices=["tiny", "small", "medium", "large"])
+    d.add_argument("--days", type=int, default=10, help="days to synthesise")
+    d.add_argument("--run-days", type=int, default=2, help="days to run through the pipeline")
+    d.add_argument("--seed", type=int, default=7)
+    _add_config_args(d)
+    d.set_defaults(fn=_cmd_demo)
     return p
-
-
-# Later stages register their sub-commands here (run, backfill, evaluate, ingest, demo).
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from dualrec.lake import LakeError
+    from dualrec.pipeline import RunLockedError
+    from jobs.common import EXIT_FAILED, StageError
+
     try:
         return int(args.fn(args) or 0)
-    except ValueError as e:  # bad arguments, bad config, bad input
+    except (ValueError, LakeError) as e:  # bad arguments, bad config, bad input (BadInputError is a ValueError)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (StageError, RunLockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

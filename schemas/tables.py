@@ -87,8 +87,7 @@ _SPECS: list[TableSpec] = [
         ts_column="upload_ts",
         emb_columns=("content_emb",),
         lake_dim_column="content_emb",
-        allow_empty=True,
-        doc="Items uploaded on dt.",
+        doc="Items uploaded on dt (a lake may allow empty days via _lake.json allow_empty_tables).",
     ),
     TableSpec(
         "visits",

@@ -97,17 +97,21 @@ class _Source:
         return cls(schema, rows, load)
 
 
-def validate_arrow(table: str, day: dt.date | None, data: pa.Table, emb_dim: int | None = None) -> Report:
+def validate_arrow(
+    table: str, day: dt.date | None, data: pa.Table, emb_dim: int | None = None, allow_empty: bool = False
+) -> Report:
     """Check an in-memory partition of ``table`` for ``day``."""
-    return _validate(table_spec(table), day, _Source.from_table(data), emb_dim)
+    return _validate(table_spec(table), day, _Source.from_table(data), emb_dim, allow_empty)
 
 
-def validate_files(table: str, day: dt.date | None, fs, paths: list[str], emb_dim: int | None = None) -> Report:
+def validate_files(
+    table: str, day: dt.date | None, fs, paths: list[str], emb_dim: int | None = None, allow_empty: bool = False
+) -> Report:
     """Check a partition's Parquet files (e.g. a Spark-written staging directory)."""
-    return _validate(table_spec(table), day, _Source.from_files(fs, paths), emb_dim)
+    return _validate(table_spec(table), day, _Source.from_files(fs, paths), emb_dim, allow_empty)
 
 
-def _validate(spec: TableSpec, day: dt.date | None, src: _Source, emb_dim: int | None) -> Report:
+def _validate(spec: TableSpec, day: dt.date | None, src: _Source, emb_dim: int | None, allow_empty: bool = False) -> Report:
     part = f"dt={day.isoformat()}" if day else "(unpartitioned)"
     rep = Report()
 
@@ -129,7 +133,7 @@ def _validate(spec: TableSpec, day: dt.date | None, src: _Source, emb_dim: int |
 
     # 2. empty partition
     if src.num_rows == 0:
-        if not spec.allow_empty:
+        if not (spec.allow_empty or allow_empty):
             bad(None, "empty partition (no rows)")
         return rep
 

@@ -1,0 +1,195 @@
+"""Running whole days: ``dualrec run``, ``dualrec backfill`` and the shared stage order.
+
+The stage functions are the same ones ``spark-submit jobs/<stage>.py`` and the Airflow DAG
+call, so every entry point produces identical outputs. A day is complete when
+``<lake>/_runs/dt=D/_SUCCESS`` exists (written last, with the stage timings); backfill skips
+complete days unless forced, and resumes from the first incomplete one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Iterator
+
+from dualrec.config import DualRecConfig
+from dualrec.lake import Lake, LakeError, date_range, parse_date
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("activity", "two_tower", "similarity", "retrieve", "rank", "dispatch", "metrics")
+"""Stage order of a day (SPEC section 4); each is ``jobs/<stage>.py:run``."""
+
+
+class RunLockedError(RuntimeError):
+    """Another run of the same day holds the lock."""
+
+
+def stage_fn(name: str) -> Callable:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"jobs.{name}").run
+
+
+def run_rel(day: dt.date) -> str:
+    return f"_runs/dt={day.isoformat()}"
+
+
+@contextmanager
+def day_lock(lake: Lake, day: dt.date) -> Iterator[None]:
+    """Refuse a second concurrent run of the same day instead of interleaving two.
+
+    Uses an exclusive create on local lakes. A lock left by a crashed run names its owner;
+    remove ``<lake>/_locks/dt=D.lock`` after checking that run is gone.
+    """
+    rel = f"_locks/dt={day.isoformat()}.lock"
+    path = lake.fs_path(rel)
+    owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    if "://" in lake.root and not lake.root.startswith("file://"):
+        # object stores have no atomic create-if-absent; rely on the scheduler (max_active_runs=1)
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            held = open(path).read()
+        except OSError:
+            held = "?"
+        if _stale(held):
+            log.warning("removing stale lock %s held by %s", path, held)
+            os.unlink(path)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        else:
+            raise RunLockedError(f"day {day} is already being run (lock {path} held by {held})") from None
+    try:
+        os.write(fd, owner.encode())
+        os.close(fd)
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _stale(held: str) -> bool:
+    """A lock whose owner process on this host no longer exists."""
+    try:
+        info = json.loads(held)
+    except ValueError:
+        return False
+    if info.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError):
+        return False
+    return False
+
+
+def run_day(
+    lake: Lake,
+    day: dt.date | str,
+    cfg: DualRecConfig,
+    stages: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Run the stages of one day in order; returns seconds per stage.
+
+    Raises the stage's error (naming the stage) on failure; the day is then not marked
+    complete, and a rerun starts again from the first stage (stages are idempotent).
+    """
+    from jobs.common import StageContext, run_stage
+
+    day = parse_date(day)
+    names = list(stages or STAGES)
+    say = progress or (lambda msg: log.info("%s", msg))
+    timings: dict[str, float] = {}
+    with day_lock(lake, day):
+        ctx = StageContext(lake=lake, day=day, cfg=cfg)
+        for i, name in enumerate(names, 1):
+            say(f"[{day}] {i}/{len(names)} {name} ...")
+            t0 = time.time()
+            result = run_stage(name, stage_fn(name), ctx)
+            timings[name] = round(time.time() - t0, 3)
+            say(f"[{day}] {i}/{len(names)} {name} done in {timings[name]:.1f}s {_brief(result)}")
+            _write_timings(lake, day, timings, complete=False)
+        if stages is None:
+            _write_timings(lake, day, timings, complete=True)
+    return timings
+
+
+def _brief(result: dict) -> str:
+    keep = {k: v for k, v in result.items() if k != "seconds" and isinstance(v, (int, float, str))}
+    return " ".join(f"{k}={v}" for k, v in list(keep.items())[:6])
+
+
+def _write_timings(lake: Lake, day: dt.date, timings: dict[str, float], complete: bool) -> None:
+    """Stage timings live in ``_runs/dt=D/stages.json``; ``_SUCCESS`` there marks the day complete."""
+    rel = run_rel(day)
+    with lake.publish_dir(rel) as staging:
+        lake.write_text(f"{staging}/stages.json", json.dumps(timings, indent=2, sort_keys=True))
+        if not complete:
+            # publish_dir writes _SUCCESS on exit; an unfinished day gets a marker of its own instead
+            lake.write_text(f"{staging}/_SUCCESS", "")
+            lake.write_text(f"{staging}/_INCOMPLETE", "")
+    if complete:
+        log.info("day %s complete", day)
+
+
+def is_day_done(lake: Lake, day: dt.date | str) -> bool:
+    """True when every stage of the day finished (``dualrec run`` completed)."""
+    rel = run_rel(parse_date(day))
+    return lake.is_complete(rel) and not lake.exists(f"{rel}/_INCOMPLETE")
+
+
+def stage_timings(lake: Lake, day: dt.date | str) -> dict[str, float]:
+    rel = f"{run_rel(parse_date(day))}/stages.json"
+    return json.loads(lake.read_text(rel)) if lake.exists(rel) else {}
+
+
+def backfill(
+    lake: Lake,
+    start: dt.date | str,
+    end: dt.date | str,
+    cfg: DualRecConfig,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Run days in order; complete days are skipped unless ``force``; stops at the first failure.
+
+    Running days in order matters: day D warm-starts from day D-1's models, so a backfill
+    equals running the days one by one.
+    """
+    days = date_range(start, end)
+    if not days:
+        raise ValueError(f"empty date range {start}..{end}")
+    say = progress or (lambda msg: log.info("%s", msg))
+    status: dict[str, str] = {}
+    for n, day in enumerate(days, 1):
+        if not force and is_day_done(lake, day):
+            status[day.isoformat()] = "skipped (complete)"
+            say(f"backfill {n}/{len(days)}: {day} already complete, skipped")
+            continue
+        say(f"backfill {n}/{len(days)}: {day}")
+        run_day(lake, day, cfg, progress=say)
+        status[day.isoformat()] = "done"
+    return status
+
+
+def require_inputs(lake: Lake, day: dt.date) -> None:
+    """The inputs a day needs before any stage runs (a clear error names the missing one)."""
+    for table in ("users", "items", "visits", "interactions"):
+        if not lake.has_partition(table, day):
+            raise LakeError(f"table {table!r}: partition dt={day} is missing; cannot run day {day}")
