@@ -123,14 +123,6 @@ def _flatten_top(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, dict)}
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    from dualrec.ingest import ingest
-
-    summary = ingest(args.kind, args.src, args.lake)
-    print(_format_summary(summary))
-    return 0
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dualrec.demo import run_demo
 
@@ -198,11 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(e)
     e.set_defaults(fn=_cmd_evaluate)
 
-    i = sub.add_parser("ingest", help="convert a public dataset into a lake")
-    i.add_argument("kind", choices=["movielens", "kuairand"])
-    i.add_argument("--src", required=True)
-    i.add_argument("--lake", required=True)
-    i.set_defaults(fn=_cmd_ingest)
+    from dualrec.ingest import add_subcommand as add_ingest
+
+    add_ingest(sub)
 
     d = sub.add_parser("demo", help="synthesise a small world, run it, evaluate, print the report path")
     d.add_argument("--lake", default="./dualrec-demo-lake")

@@ -221,14 +221,20 @@ def _type_ok(expected: pa.DataType, got: pa.DataType) -> bool:
 
 
 def _duplicate_mask(keys: pa.Table) -> np.ndarray:
-    """Rows whose key occurs more than once."""
-    cols = [keys.column(i).to_numpy(zero_copy_only=False) for i in range(keys.num_columns)]
-    if len(cols) == 1:
-        _, inverse, counts = np.unique(cols[0], return_inverse=True, return_counts=True)
-    else:
-        stacked = np.rec.fromarrays(cols)
-        _, inverse, counts = np.unique(stacked, return_inverse=True, return_counts=True)
-    return counts[inverse.reshape(-1)] > 1
+    """Rows whose key occurs more than once (lexsort + neighbour compare: O(n log n), no row objects)."""
+    cols = [np.asarray(keys.column(i).to_numpy(zero_copy_only=False)) for i in range(keys.num_columns)]
+    n = len(cols[0])
+    order = np.lexsort(cols[::-1])
+    same_as_next = np.ones(n - 1, dtype=bool) if n > 1 else np.zeros(0, dtype=bool)
+    for c in cols:
+        sc = c[order]
+        same_as_next &= sc[1:] == sc[:-1]
+    dup_sorted = np.zeros(n, dtype=bool)
+    dup_sorted[:-1] |= same_as_next
+    dup_sorted[1:] |= same_as_next
+    mask = np.zeros(n, dtype=bool)
+    mask[order] = dup_sorted
+    return mask
 
 
 def _short(v):
