@@ -48,6 +48,10 @@ class ActivityConfig:
     probability_threshold: float = 0.5
     slack: float = 3.0
     min_available: int = 0
+    # top_n: N is also capped at ceil(expected_active_cap * sum(p_active)), the model's expected
+    # number of visitors tomorrow; demand beyond that only adds users who will not come.
+    # 0 disables the cap (pure demand-derived N).
+    expected_active_cap: float = 1.0
     n_estimators: int = 300
     max_depth: int = 6
     learning_rate: float = 0.1
@@ -88,6 +92,8 @@ class TwoTowerConfig:
     exclude_day_uploads: bool = True
     infer_batch_rows: int = 8192
     ivf_train_max: int = 200_000  # points sampled to train the IVF coarse quantizer
+    recall_target: float = 0.95  # IVF nprobe is doubled at build time until recall@recall_k reaches this
+    torch_threads: int = 2  # intra-op threads for training (1 is faster on a crowded machine)
 
 
 @dataclass
@@ -178,8 +184,6 @@ class MetricsConfig:
     max_items: int = 2000
     # oracle / truth-recall candidate pool: a random subset of this many available users
     oracle_pool_users: int = 20000
-    # the oracle keeps each item's true top (oracle_topk_factor * L) users of the pool
-    oracle_topk_factor: float = 3.0
     # pairs per Truth call (memory bound)
     truth_chunk_pairs: int = 2_000_000
     calibration_bins: int = 10
