@@ -23,3 +23,13 @@ def spark():
     s = get_spark(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g", app_name="dualrec-tests"))
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> str:
+    """Root of a generated tiny synthetic lake: 14 days from 2026-01-01, seed 7 (~4 s)."""
+    from dualrec.synth import generate
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    generate(str(root), preset="tiny", start="2026-01-01", days=14, seed=7)
+    return str(root)
