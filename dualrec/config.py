@@ -40,7 +40,9 @@ class ActivityConfig:
     """User activity prediction (paper 4.2.1)."""
 
     lookback_days: int = 30
-    train_target_days: int = 5
+    # 7 = every weekday once: the training days D-6..D-1 then include the weekday of D+1
+    # (the latest labelled day D is the early-stopping set).
+    train_target_days: int = 7
     max_train_rows: int = 400_000
     # "top_n": keep the N most likely users, N = items * L / Q * slack;
     # "probability": keep users with p_active >= probability_threshold.
@@ -160,6 +162,7 @@ class RankConfig:
     id_buckets: int = 1 << 17
     cat_buckets: int = 64
     score_batch_rows: int = 8192
+    torch_threads: int = 1  # training threads; >1 only pays on dedicated cores (measured: 2 threads 18x slower on a loaded 2-core box)
 
 
 @dataclass

@@ -166,7 +166,7 @@ class Lake:
         self._fs.move(self.fs_path(staging), target)
         if trash:
             self._fs.delete_dir(trash)
-        log.info("published %s", self.uri(rel))
+        log.debug("published %s", self.uri(rel))
 
     def has_partition(self, table: str, day: dt.date | str) -> bool:
         return self.is_complete(self.partition_rel(table, day))

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 # Airflow keeps its state (SQLite DB, logs) under AIRFLOW_HOME: never the user's own.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="dualrec-airflow-home-"))
+os.environ.setdefault("AIRFLOW_HOME", os.path.join(tempfile.gettempdir(), "dualrec-airflow-test-home"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 

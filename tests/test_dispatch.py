@@ -1,0 +1,381 @@
+"""Dispatch: Algorithm 1 reference equivalence, invariants, store reruns, the stage, the boost."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dualrec.config import DualRecConfig
+from dualrec.dispatch import (
+    DispatchInvariantError,
+    assign_arrays,
+    assign_batch_numpy_spark,
+    assign_batch_spark,
+    dispatch_day_arrays,
+    dispatch_without_store,
+    rank_in_item_arrays,
+)
+from dualrec.lake import Lake
+from jobs.common import StageContext
+from schemas.validate import BadInputError
+
+DAY = dt.date(2026, 1, 5)
+
+
+# ----------------------------------------------------------------------------- references
+def algorithm1(items, users, g, rank, cap, L):
+    """Pure-Python Algorithm 1: items in upload order, each takes its best available users."""
+    cap = dict(cap)
+    chosen = set()
+    for it in sorted(set(items), key=lambda i: (rank[items.index(i)], i)):
+        cands = sorted((-float(g[k]), users[k], k) for k in range(len(items)) if items[k] == it)
+        taken = 0
+        for _, u, k in cands:
+            if taken == L:
+                break
+            if cap.get(u, 0) > 0:
+                cap[u] -= 1
+                chosen.add(k)
+                taken += 1
+    return chosen
+
+
+def sequential_greedy(items, users, g, rank, cap, L):
+    """Pure-Python greedy by global score (g desc, upload order, user_id): the `matching` policy."""
+    cap = dict(cap)
+    load: dict[int, int] = {}
+    chosen = set()
+    for _, _, _, k in sorted((-float(g[k]), rank[k], users[k], k) for k in range(len(items))):
+        i, u = items[k], users[k]
+        if load.get(i, 0) < L and cap.get(u, 0) > 0:
+            load[i] = load.get(i, 0) + 1
+            cap[u] -= 1
+            chosen.add(k)
+    return chosen
+
+
+@st.composite
+def instances(draw, max_items=7, max_users=9):
+    ni = draw(st.integers(1, max_items))
+    nu = draw(st.integers(1, max_users))
+    pairs = draw(st.lists(st.tuples(st.integers(0, ni - 1), st.integers(0, nu - 1)), min_size=1, max_size=40, unique=True))
+    items = [100 + p[0] for p in pairs]
+    users = [1000 + p[1] for p in pairs]
+    g = np.array(draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.25]), min_size=len(pairs), max_size=len(pairs))), np.float32)
+    perm = draw(st.permutations(list(range(ni))))
+    rank = [perm[i - 100] for i in items]
+    cap = {1000 + u: draw(st.integers(0, 3)) for u in range(nu)}
+    L = draw(st.integers(1, 4))
+    return items, users, g, rank, cap, L
+
+
+def _check_caps(items, users, cap, L, mask):
+    items, users = np.asarray(items), np.asarray(users)
+    sel_i, sel_u = items[mask], users[mask]
+    assert all(c <= L for c in np.unique(sel_i, return_counts=True)[1])
+    for u, c in zip(*np.unique(sel_u, return_counts=True)):
+        assert c <= cap.get(int(u), 0)
+
+
+# ----------------------------------------------------------------------------- NumPy kernels
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_numpy_arrival_equals_algorithm1(inst):
+    items, users, g, rank, cap, L = inst
+    mask = assign_arrays(items, users, g, rank, cap, L, policy="arrival")
+    assert set(np.flatnonzero(mask)) == algorithm1(items, users, g, rank, cap, L)
+    _check_caps(items, users, cap, L, mask)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_numpy_matching_equals_sequential_greedy_and_keeps_caps(inst):
+    items, users, g, rank, cap, L = inst
+    mask = assign_arrays(items, users, g, rank, cap, L, policy="matching")
+    assert set(np.flatnonzero(mask)) == sequential_greedy(items, users, g, rank, cap, L)
+    _check_caps(items, users, cap, L, mask)
+
+
+def test_capacity_forms_agree_and_absent_users_get_nothing():
+    items, users, g, rank = [1, 1, 2, 2], [10, 11, 10, 12], [1.0, 0.5, 0.9, 0.1], [0, 0, 1, 1]
+    by_dict = assign_arrays(items, users, g, rank, {10: 1, 11: 1}, L=2)
+    by_edge = assign_arrays(items, users, g, rank, [1, 1, 1, 0], L=2)
+    assert by_dict.tolist() == by_edge.tolist() == [True, True, False, False]
+    assert assign_arrays(items, users, g, rank, 5, L=1).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="different capacities"):
+        assign_arrays(items, users, g, rank, [1, 1, 2, 0], L=2)
+
+
+def test_matching_not_worse_than_arrival_on_average():
+    """Greedy is a heuristic (it can lose on one instance), so compare averages over many."""
+    rng = np.random.default_rng(3)
+    gains, full_gain, worse = [], [], 0
+    for _ in range(150):
+        ni, nu, L, Q = 30, 60, 8, 3
+        k = rng.integers(5, 25, ni)
+        items = np.repeat(np.arange(ni), k)
+        users = np.concatenate([rng.choice(nu, size=c, replace=False) for c in k])
+        g = (rng.lognormal(size=len(items)) * rng.lognormal(size=ni)[items]).astype(np.float32)
+        rank = items.copy()
+        a = assign_arrays(items, users, g, rank, Q, L, "arrival")
+        m = assign_arrays(items, users, g, rank, Q, L, "matching")
+        gains.append(g[m].sum() - g[a].sum())
+        worse += g[m].sum() < g[a].sum() - 1e-6
+    assert np.mean(gains) > 0
+    assert worse < 150 // 2
+
+
+def test_dispatch_without_store_ignores_capacity_and_rank_in_item():
+    items = [1, 1, 1, 2, 2]
+    users = [5, 6, 7, 5, 6]
+    g = [0.3, 0.9, 0.3, 0.1, 0.2]
+    assert dispatch_without_store(items, users, g, L=2).tolist() == [True, True, False, True, True]
+    mask = np.array([True, True, False, False, True])
+    assert rank_in_item_arrays(items, users, g, mask).tolist() == [2, 1, 0, 0, 1]
+
+
+def test_dispatch_day_arrays_carries_store_across_batches():
+    # batch 0: item 1 takes users 1,2; batch 1: item 2 wants 1,2,3 but Q=1 leaves only 3
+    batch = [0, 0, 1, 1, 1]
+    items = [1, 1, 2, 2, 2]
+    users = [1, 2, 1, 2, 3]
+    g = [1, 1, 5, 5, 0.1]
+    mask, states = dispatch_day_arrays(batch, items, users, g, items, [1, 2, 3], L=3, Q=1)
+    assert mask.tolist() == [True, True, False, False, True]
+    assert states[0].tolist() == [1, 1, 0] and states[1].tolist() == [1, 1, 1]
+
+
+# ----------------------------------------------------------------------------- Spark paths
+def _edges_df(spark, items, users, g, rank, cap):
+    rows = [
+        (0, int(i), int(u), float(x), int(r), ["two_tower"], int(cap.get(u, 0)))
+        for i, u, x, r in zip(items, users, g, rank)
+        if cap.get(u, 0) > 0
+    ]
+    schema = "batch int, item_id long, user_id long, g float, item_rank long, channels array<string>, cap int"
+    return spark.createDataFrame(rows, schema)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(inst=instances(max_items=5, max_users=6))
+def test_spark_paths_equal_references(spark, inst):
+    items, users, g, rank, cap, L = inst
+    df = _edges_df(spark, items, users, g, rank, cap)
+    key = {(items[k], users[k]) for k in algorithm1(items, users, g, rank, cap, L)}
+    got, _ = assign_batch_spark(df, L, "arrival")
+    assert {(r.item_id, r.user_id) for r in got.collect()} == key
+    got = assign_batch_numpy_spark(df, L, "arrival")
+    assert {(r.item_id, r.user_id) for r in got.collect()} == key
+    key = {(items[k], users[k]) for k in sequential_greedy(items, users, g, rank, cap, L)}
+    got, _ = assign_batch_spark(df, L, "matching")
+    assert {(r.item_id, r.user_id) for r in got.collect()} == key
+    got = assign_batch_numpy_spark(df, L, "matching")
+    assert {(r.item_id, r.user_id) for r in got.collect()} == key
+
+
+# ----------------------------------------------------------------------------- the stage
+def _world(seed: int = 0, n_items: int = 24, n_users: int = 40, batches: int = 4):
+    """Hand-made items, activity_scores and ranked tables for DAY (plain Arrow)."""
+    rng = np.random.default_rng(seed)
+    t0 = dt.datetime(DAY.year, DAY.month, DAY.day, tzinfo=dt.timezone.utc)
+    secs = np.sort(rng.integers(0, 86_400, n_items))
+    secs[3] = secs[2]  # an upload-time tie, broken by item_id
+    item_ids = np.arange(500, 500 + n_items)[rng.permutation(n_items)]
+    items = pa.table({
+        "item_id": pa.array(item_ids, pa.int64()),
+        "creator_id": pa.array(np.arange(n_items) % 3, pa.int64()),
+        "upload_ts": pa.array([t0 + dt.timedelta(seconds=int(s)) for s in secs], pa.timestamp("us", tz="UTC")),
+        "category": pa.array(np.zeros(n_items), pa.int32()),
+        "duration_ms": pa.array(np.full(n_items, 1000), pa.int64()),
+        "content_emb": pa.array(list(rng.normal(size=(n_items, 4)).astype(np.float32)), pa.list_(pa.float32())),
+    })
+    user_ids = np.arange(1, n_users + 1) * 7
+    avail = rng.random(n_users) < 0.8
+    activity = pa.table({
+        "user_id": pa.array(user_ids, pa.int64()),
+        "p_active": pa.array(rng.random(n_users)),
+        "available": pa.array(avail),
+    })
+    rows = {k: [] for k in ("batch", "item_id", "user_id", "g")}
+    bw = 86_400 / batches
+    for i, s in zip(item_ids, secs):
+        cand = rng.choice(user_ids, size=12, replace=False)  # includes unavailable users
+        for u in cand:
+            rows["batch"].append(int(s // bw))
+            rows["item_id"].append(int(i))
+            rows["user_id"].append(int(u))
+            rows["g"].append(float(np.round(rng.random() * 4) / 4))  # ties on purpose
+    n = len(rows["g"])
+    ranked = pa.table({
+        "batch": pa.array(rows["batch"], pa.int32()),
+        "item_id": pa.array(rows["item_id"], pa.int64()),
+        "user_id": pa.array(rows["user_id"], pa.int64()),
+        "channels": pa.array([["two_tower"]] * n, pa.list_(pa.string())),
+        **{f"s_{t}": pa.array(np.full(n, 0.1), pa.float32()) for t in ("like", "comment", "follow", "share", "profile_enter", "long_view")},
+        "theta": pa.array(np.full(n, 0.2), pa.float32()),
+        "g": pa.array(rows["g"], pa.float32()),
+    })
+    return items, activity, ranked
+
+
+def _lake(tmp_path, seed=0, batches=4, **kw):
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_meta({"emb_dim": 4})
+    items, activity, ranked = _world(seed, batches=batches, **kw)
+    lake.write_table("items", DAY, items)
+    lake.write_table("activity_scores", DAY, activity)
+    lake.write_table("ranked", DAY, ranked)
+    return lake, items, activity, ranked
+
+
+def _ctx(lake, spark, **dispatch):
+    cfg = DualRecConfig.from_dict({"dispatch": {"L": 5, "Q": 3, "batches_per_day": 4, **dispatch}})
+    return StageContext(lake=lake, day=DAY, cfg=cfg, _spark=spark)
+
+
+def _sorted(t: pa.Table, keys) -> pa.Table:
+    return t.sort_by([(k, "ascending") for k in keys])
+
+
+def _numpy_expected(items, activity, ranked, L, Q, policy):
+    order = np.lexsort((items.column("item_id").to_numpy(), items.column("upload_ts").cast(pa.int64()).to_numpy()))
+    rank_of = dict(zip(items.column("item_id").to_numpy()[order].tolist(), range(len(order))))
+    it = ranked.column("item_id").to_numpy()
+    avail = activity.filter(activity.column("available")).column("user_id").to_numpy()
+    mask, states = dispatch_day_arrays(
+        ranked.column("batch").to_numpy(), it, ranked.column("user_id").to_numpy(), ranked.column("g").to_numpy(),
+        np.array([rank_of[i] for i in it]), avail, L, Q, policy,
+    )
+    return {(int(a), int(b)) for a, b in zip(it[mask], ranked.column("user_id").to_numpy()[mask])}, states
+
+
+@pytest.mark.parametrize("policy,engine", [("arrival", "numpy"), ("arrival", "spark"), ("matching", "numpy"), ("matching", "spark")])
+def test_stage_on_hand_made_tables(tmp_path, spark, policy, engine):
+    from jobs.dispatch import run
+
+    lake, items, activity, ranked = _lake(tmp_path)
+    ctx = _ctx(lake, spark, policy=policy, engine=engine)
+    stats = run(ctx)
+    ms = lake.read_table("match_sets", DAY)
+    au = lake.read_table("available_users", DAY)
+    ums = lake.read_table("user_match_sets", DAY)
+    expected, states = _numpy_expected(items, activity, ranked, 5, 3, policy)
+    assert {(i, u) for i, u in zip(ms.column("item_id").to_pylist(), ms.column("user_id").to_pylist())} == expected
+    assert stats["pairs"] == len(expected) > 0
+    # invariants, as published
+    users = ms.column("user_id").to_numpy()
+    assert np.unique(users, return_counts=True)[1].max() <= 3
+    assert np.unique(ms.column("item_id").to_numpy(), return_counts=True)[1].max() <= 5
+    avail = set(activity.filter(activity.column("available")).column("user_id").to_pylist())
+    assert set(users.tolist()) <= avail
+    # store: one row per available user per batch, equal to the NumPy state after each batch
+    assert au.num_rows == len(avail) * 4
+    for b in range(4):
+        part = _sorted(au.filter(pa.compute.equal(au.column("batch"), b)), ["user_id"])
+        done = [k for k in states if k <= b]
+        ref = states[max(done)] if done else np.zeros(len(avail), dtype=np.int64)
+        assert part.column("matched").to_numpy().tolist() == ref.tolist()
+        assert part.column("available").to_pylist() == (ref < 3).tolist()
+    # rank_in_item is 1..n within item by g desc, user_id; D_u sorted by g desc
+    for item in set(ms.column("item_id").to_pylist()):
+        sub = ms.filter(pa.compute.equal(ms.column("item_id"), item)).to_pylist()
+        sub.sort(key=lambda r: r["rank_in_item"])
+        assert [r["rank_in_item"] for r in sub] == list(range(1, len(sub) + 1))
+        assert [(-r["g"], r["user_id"]) for r in sub] == sorted((-r["g"], r["user_id"]) for r in sub)
+    for row in ums.to_pylist():
+        gs = [e["g"] for e in row["items"]]
+        assert gs == sorted(gs, reverse=True) and 1 <= len(gs) <= 3
+
+
+def test_rerun_is_identical_and_batch_rerun_from_store(tmp_path, spark):
+    from jobs.dispatch import run
+
+    from dualrec.dispatch import assign_arrays as kernel
+
+    lake, items, activity, ranked = _lake(tmp_path, seed=1)
+    ctx = _ctx(lake, spark)
+    run(ctx)
+    first = {t: lake.read_table(t, DAY) for t in ("match_sets", "available_users", "user_match_sets")}
+    run(ctx)
+    keys = {"match_sets": ["user_id", "item_id"], "available_users": ["batch", "user_id"], "user_match_sets": ["user_id"]}
+    for t, k in keys.items():
+        assert _sorted(lake.read_table(t, DAY), k).equals(_sorted(first[t], k)), t
+    # rerun batch b alone from the published state after b-1: same assignment, same state after b
+    au, ms = first["available_users"], first["match_sets"]
+    order = np.lexsort((items.column("item_id").to_numpy(), items.column("upload_ts").cast(pa.int64()).to_numpy()))
+    rank_of = dict(zip(items.column("item_id").to_numpy()[order].tolist(), range(len(order))))
+    for b in range(1, 4):
+        prev = au.filter(pa.compute.equal(au.column("batch"), b - 1)).to_pylist()
+        cap = {r["user_id"]: 3 - r["matched"] for r in prev}
+        rb = ranked.filter(pa.compute.equal(ranked.column("batch"), b))
+        it, us = rb.column("item_id").to_numpy(), rb.column("user_id").to_numpy()
+        mask = kernel(it, us, rb.column("g").to_numpy(), [rank_of[i] for i in it], cap, 5)
+        got = ms.filter(pa.compute.equal(ms.column("batch"), b))
+        assert set(zip(it[mask].tolist(), us[mask].tolist())) == set(zip(got.column("item_id").to_pylist(), got.column("user_id").to_pylist()))
+        after = {r["user_id"]: r["matched"] for r in au.filter(pa.compute.equal(au.column("batch"), b)).to_pylist()}
+        for u, m in ((r["user_id"], r["matched"]) for r in prev):
+            assert after[u] == m + int((us[mask] == u).sum())
+
+
+def test_invariant_violation_raises_and_publishes_nothing(tmp_path, spark, monkeypatch):
+    import dualrec.dispatch as d
+    from jobs.dispatch import run
+
+    lake, *_ = _lake(tmp_path, seed=2)
+    monkeypatch.setattr(d, "assign_batch", lambda edges, L, policy, engine: edges)  # a buggy engine: takes all
+    with pytest.raises(DispatchInvariantError, match=r"\|D_u\| > Q"):
+        run(_ctx(lake, spark))
+    for t in ("match_sets", "user_match_sets", "available_users"):
+        assert not lake.has_partition(t, DAY)
+
+
+def test_ranked_batch_mismatch_is_bad_input(tmp_path, spark):
+    from jobs.dispatch import run
+
+    lake, items, activity, ranked = _lake(tmp_path, seed=3)
+    bad = ranked.set_column(0, "batch", pa.compute.add(ranked.column("batch"), 1).cast(pa.int32()))
+    lake.write_table("ranked", DAY, bad)
+    with pytest.raises(BadInputError, match="'batch'"):
+        run(_ctx(lake, spark))
+    assert not lake.has_partition("match_sets", DAY)
+
+
+# ----------------------------------------------------------------------------- boost (Eq. 14)
+def test_apply_boost_and_job(tmp_path, spark):
+    from dualrec.dispatch import apply_boost
+    from jobs.boost import main as boost_main
+
+    ms = spark.createDataFrame([(1, 10, 2.0), (1, 11, 0.5), (2, 10, 1.0)], "user_id long, item_id long, g float")
+    cands = spark.createDataFrame([(1, 10, 0.1, "a"), (1, 12, 0.2, "b"), (2, 11, 0.3, "c")], "user_id long, item_id long, f double, tag string")
+    out = {(r.user_id, r.item_id): r.f_prime for r in apply_boost(cands, ms, 0.5).collect()}
+    assert out == {(1, 10): pytest.approx(1.1), (1, 12): pytest.approx(0.2), (2, 11): pytest.approx(0.3)}
+    roll = spark.createDataFrame([(1, [(10, 2.0)])], "user_id long, items array<struct<item_id:long,g:float>>")
+    assert apply_boost(cands, roll, 1.0).filter("user_id = 1 and item_id = 10").first().f_prime == pytest.approx(2.1)
+
+    lake, *_ = _lake(tmp_path, seed=4)
+    from jobs.dispatch import run
+
+    run(_ctx(lake, spark))
+    ms_t = lake.read_table("match_sets", DAY).slice(0, 3)
+    pairs = list(zip(ms_t.column("user_id").to_pylist(), ms_t.column("item_id").to_pylist()))
+    src = tmp_path / "cands.parquet"
+    pq.write_table(pa.table({
+        "user_id": pa.array([p[0] for p in pairs] + [999], pa.int64()),
+        "item_id": pa.array([p[1] for p in pairs] + [1], pa.int64()),
+        "f": pa.array([1.0] * 4),
+    }), src)
+    dst = tmp_path / "boosted"
+    rc = boost_main(["--lake", lake.root, "--date", str(DAY), "--input", str(src), "--output", str(dst), "--lambda", "2"])
+    assert rc == 0 and (dst / "_SUCCESS").exists()
+    res = pq.read_table(dst).to_pylist()
+    gmap = dict(zip(pairs, ms_t.column("g").to_pylist()))
+    for r in res:
+        want = 1.0 + 2 * gmap.get((r["user_id"], r["item_id"]), 0.0)
+        assert r["f_prime"] == pytest.approx(want, rel=1e-6)
+    assert boost_main(["--lake", lake.root, "--date", str(DAY), "--input", str(tmp_path / "missing.parquet"), "--output", str(dst)]) != 0
