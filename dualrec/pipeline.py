@@ -28,6 +28,49 @@ STAGES: tuple[str, ...] = ("activity", "two_tower", "similarity", "retrieve", "r
 """Stage order of a day (SPEC section 4); each is ``jobs/<stage>.py:run``."""
 
 
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "activity": ("users", "visits", "interactions", "items"),
+    "two_tower": ("users", "items", "interactions", "activity_scores"),
+    "similarity": ("items", "interactions", "user_embeddings", "activity_scores"),
+    "retrieve": ("items", "activity_scores", "item_similar", "item_positive_users", "user_similar"),
+    "rank": ("users", "items", "interactions", "candidates"),
+    "dispatch": ("items", "activity_scores", "ranked"),
+    "metrics": ("items", "activity_scores"),
+}
+"""Partitions of day D each stage needs; checked before the stage starts."""
+
+TABLE_PRODUCERS: dict[str, str] = {
+    "activity_scores": "activity",
+    "user_embeddings": "two_tower",
+    "item_similar": "similarity",
+    "item_positive_users": "similarity",
+    "user_similar": "similarity",
+    "candidates": "retrieve",
+    "ranked": "rank",
+}
+
+
+def check_stage_inputs(lake: Lake, stage: str, day: dt.date, validated: set | None = None) -> None:
+    """Fail fast, before any work, when a stage's day-D inputs are missing or violate their contract.
+
+    Upstream (input) tables are validated here once per day (``validated`` caches across
+    stages); derived tables were validated when their producer published them.
+    """
+    from schemas.tables import TABLES
+
+    for table in STAGE_INPUTS.get(stage, ()):
+        if not lake.has_partition(table, day):
+            producer = TABLE_PRODUCERS.get(table)
+            hint = f"; run stage {producer!r} for {day} first" if producer else " (an upstream delivery)"
+            raise LakeError(
+                f"table {table!r}: partition dt={day} is missing at {lake.uri(lake.partition_rel(table, day))}{hint}"
+            )
+        if TABLES[table].kind == "input" and (validated is None or (table, day) not in validated):
+            lake.validate_dir(table, day).raise_if_failed()
+            if validated is not None:
+                validated.add((table, day))
+
+
 class RunLockedError(RuntimeError):
     """Another run of the same day holds the lock."""
 

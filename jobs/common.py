@@ -39,6 +39,7 @@ class StageContext:
     cfg: DualRecConfig
     _spark: Any = None
     stats: dict[str, Any] = field(default_factory=dict)
+    validated: set = field(default_factory=set)  # (table, day) input partitions already checked
 
     @property
     def spark(self):
@@ -91,9 +92,12 @@ def context_from_args(args: argparse.Namespace) -> StageContext:
 
 def run_stage(name: str, fn: Callable[[StageContext], dict], ctx: StageContext) -> dict:
     """Run one stage, timing it; errors are re-raised as StageError naming the stage."""
+    from dualrec.pipeline import check_stage_inputs
+
     t0 = time.time()
     log.info("stage %s for %s: start", name, ctx.day)
     try:
+        check_stage_inputs(ctx.lake, name, ctx.day, ctx.validated)
         result = fn(ctx) or {}
     except (BadInputError, LakeError) as e:
         raise type(e)(f"stage {name} ({ctx.day}): {e}") from e
