@@ -1,0 +1,87 @@
+"""Ranker scoring throughput (pairs/s): the model alone (featurize + predict on the driver) and
+inside Spark (``score_in_spark``: mapInArrow, model broadcast once) on synthetic feature rows.
+
+Medium-sized by default: ~50k uploads/day x a few hundred candidates is 10M+ pairs per day; we
+score ``--pairs`` synthetic rows (default 2M) and report pairs/s, so the daily cost extrapolates.
+
+    python benchmarks/rank_throughput.py --pairs 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dualrec.config import DualRecConfig  # noqa: E402
+from models.ranker import RankerSpec, featurize, input_columns, new_model, predict  # noqa: E402
+
+
+def synthetic_rows(n: int, p: int, seed: int = 0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({c: rng.normal(size=n).astype(np.float32) for c in input_columns(p)})
+    for c in ("user_id", "item_id", "creator_id", "category", "age_bucket", "gender", "region", "device"):
+        df[c] = rng.integers(0, 1_000_000, n)
+    df["theta"] = rng.uniform(0.01, 0.2, n).astype(np.float32)
+    return df
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=2_000_000)
+    ap.add_argument("--driver-pairs", type=int, default=200_000)
+    ap.add_argument("--master", default="local[2]")
+    args = ap.parse_args(argv)
+    cfg = DualRecConfig()
+    spec = RankerSpec.from_cfg(cfg.rank)
+    model = new_model(spec, 0)
+    out = {}
+
+    import torch
+
+    torch.set_num_threads(1)
+    df = synthetic_rows(args.driver_pairs, spec.profile_dim)
+    t = time.time()
+    cat, dense = featurize(df, spec, mask_item_id=True)
+    t_feat = time.time() - t
+    t = time.time()
+    predict(model, cat, dense, cfg.rank.score_batch_rows)
+    t_pred = time.time() - t
+    out["driver_1_thread"] = {"pairs": len(df), "featurize_pairs_per_s": round(len(df) / t_feat),
+                              "predict_pairs_per_s": round(len(df) / t_pred),
+                              "total_pairs_per_s": round(len(df) / (t_feat + t_pred))}
+    print(json.dumps(out, indent=2))
+
+    from pyspark.sql import functions as F
+
+    from dualrec.config import SparkConfig
+    from dualrec.ranking import integrated_score, score_in_spark
+    from dualrec.spark import get_spark
+
+    spark = get_spark(SparkConfig(master=args.master, shuffle_partitions=4, driver_memory="4g"))
+    base = spark.createDataFrame(synthetic_rows(100_000, spec.profile_dim)).cache()
+    base.count()
+    reps = max(1, args.pairs // 100_000)
+    rows = base.crossJoin(spark.range(reps).withColumnRenamed("id", "rep")).drop("rep").repartition(4)
+    rows = rows.cache()
+    n = rows.count()
+    t = time.time()
+    scored = integrated_score(score_in_spark(rows, model, cfg.rank.score_batch_rows), cfg.rank.beta)
+    agg = scored.agg(F.count("*").alias("n"), F.avg("g").alias("g")).first()
+    sec = time.time() - t
+    out["spark_mapInArrow"] = {"master": args.master, "pairs": int(agg["n"]), "seconds": round(sec, 1),
+                               "pairs_per_s": round(n / sec)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

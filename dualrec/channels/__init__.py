@@ -1,0 +1,5 @@
+"""Creator-side retrieval channels (paper 3.2): one interface, a registry and a mixer."""
+
+from dualrec.channels.base import REGISTRY, Channel, channel_names, channel_shares, get_channel, mix, register
+
+__all__ = ["REGISTRY", "Channel", "channel_names", "channel_shares", "get_channel", "mix", "register"]

@@ -1,0 +1,474 @@
+"""Spark side of ranking (paper 3.3): point-in-time features, theta_u, g_ui, AUC helpers.
+
+Point in time. A row is one exposure (training: a row of ``interactions`` on day d; scoring: a
+candidate of day D at its batch cutoff). Its features use
+- user, creator and similar-item statistics of the ``user_window_days`` days before the row's
+  day (``feat_day`` = the row's day; stats cover [feat_day - U, feat_day - 1]);
+- the item's own history "so far": exposures strictly before the row's timestamp (training) or
+  before the item's batch cutoff (scoring), with each positive user's profile as of that day.
+So a model trained on rows of days < D and applied to D's candidates sees features built the
+same way in both cases, and nothing after a row's time (or batch cutoff) leaks in.
+
+Content embeddings are projected with a fixed seeded Gaussian map to ``rank.profile_dim``
+columns (inner products are preserved in expectation), so profile sums are plain Spark sums.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from models.ranker import TASKS, input_columns
+
+log = logging.getLogger(__name__)
+
+PROJ_SEED = 20250101
+EXPLICIT = ("like", "comment", "follow", "share", "profile_enter")
+
+
+def projection_matrix(emb_dim: int, p: int, seed: int = PROJ_SEED) -> np.ndarray:
+    """Fixed (emb_dim, p) Gaussian map with variance 1/p: x.W . y.W ~= x . y."""
+    return (np.random.default_rng(seed + emb_dim * 1000 + p).normal(size=(emb_dim, p)) / np.sqrt(p)).astype(np.float32)
+
+
+def add_projection(df, emb_col: str, prefix: str, p: int, emb_dim: int):
+    """Replace a list<float> column by ``prefix_0..p-1`` float columns (vectorised mapInArrow)."""
+    from pyspark.sql import types as T
+
+    W = projection_matrix(emb_dim, p)
+    keep = [f for f in df.schema.fields if f.name != emb_col]
+    schema = T.StructType(keep + [T.StructField(f"{prefix}_{k}", T.FloatType()) for k in range(p)])
+    names = [f.name for f in keep]
+
+    def fn(batches):
+        for b in batches:
+            col = b.column(emb_col)
+            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            x = flat.reshape(len(col), emb_dim) if len(col) else np.zeros((0, emb_dim), np.float32)
+            proj = x @ W
+            arrays = [b.column(n) for n in names] + [pa.array(proj[:, k], pa.float32()) for k in range(p)]
+            yield pa.RecordBatch.from_arrays(arrays, names=names + [f"{prefix}_{k}" for k in range(p)])
+
+    return df.mapInArrow(fn, schema)
+
+
+def _days(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+# ---------------------------------------------------------------------- inputs
+def item_table(spark, lake, start: dt.date, end: dt.date, p: int):
+    """Items uploaded in [start, end] with projected content and upload day."""
+    from pyspark.sql import functions as F
+
+    items = lake.read_df(spark, "items", _days(start, end)).withColumnRenamed("dt", "upload_day")
+    emb_dim = lake.emb_dim() or _infer_dim(items)
+    return add_projection(items, "content_emb", "i_proj", p, emb_dim).withColumn(
+        "i_log_duration", F.log1p(F.col("duration_ms") / F.lit(1000.0))
+    )
+
+
+def _infer_dim(items) -> int:
+    from pyspark.sql import functions as F
+
+    r = items.select(F.size("content_emb").alias("n")).first()
+    return int(r["n"]) if r else 1
+
+
+def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
+    """Exposures of [start, end] joined with item features; flags as ints; ``row_day``."""
+    from pyspark.sql import functions as F
+
+    inter = lake.read_df(spark, "interactions", _days(start, end)).withColumnRenamed("dt", "row_day")
+    cols = [F.col(f"is_{t}").cast("int").alias(f"y_{t}") for t in TASKS]
+    ex = F.greatest(*[F.col(f"is_{t}").cast("int") for t in EXPLICIT])
+    eng = F.greatest(ex, F.col("is_long_view").cast("int"))
+    return inter.select("user_id", "item_id", "ts", "row_day", *cols, ex.alias("explicit"), eng.alias("engaged")).join(
+        items, "item_id", "inner"
+    )
+
+
+def _day_pairs(spark, target_days: list[dt.date], window: int):
+    """(feat_day, src_day) for src_day in [feat_day - window, feat_day - 1]."""
+    rows = [(t, t - dt.timedelta(days=o)) for t in sorted(set(target_days)) for o in range(1, window + 1)]
+    return spark.createDataFrame(rows, "feat_day date, src_day date")
+
+
+def window_sums(spark, daily, keys: list[str], target_days: list[dt.date], window: int):
+    """Sum the per-day aggregates ``daily`` (keys + dt + numeric columns) over each feat_day's window."""
+    from pyspark.sql import functions as F
+
+    vals = [c for c in daily.columns if c not in keys and c != "dt"]
+    pairs = F.broadcast(_day_pairs(spark, target_days, window))
+    j = daily.join(pairs, daily["dt"] == pairs["src_day"])
+    return j.groupBy(*keys, "feat_day").agg(*[F.sum(c).alias(c) for c in vals])
+
+
+def _daily(enriched, key: str, p: int, with_profile: bool):
+    from pyspark.sql import functions as F
+
+    aggs = [F.count("*").alias("n_imp"), F.sum("explicit").alias("n_explicit")]
+    aggs += [F.sum(f"y_{t}").alias(f"n_{t}") for t in TASKS]
+    if with_profile:
+        aggs += [F.sum(F.col("engaged")).alias("n_prof")]
+        aggs += [F.sum(F.col("engaged") * F.col(f"i_proj_{k}")).alias(f"prof_{k}") for k in range(p)]
+    return enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+
+
+def global_rates(enriched) -> dict[str, float]:
+    """Population rate of each task and of any explicit feedback (the smoothing prior)."""
+    from pyspark.sql import functions as F
+
+    r = enriched.agg(F.count("*").alias("n"), F.sum("explicit").alias("explicit"),
+                     *[F.sum(f"y_{t}").alias(t) for t in TASKS]).first()
+    n = max(int(r["n"] or 0), 1)
+    out = {t: float(r[t] or 0) / n for t in TASKS}
+    out["explicit"] = float(r["explicit"] or 0) / n
+    return out
+
+
+def _rate_cols(prefix: str, a: float, g: dict[str, float]):
+    from pyspark.sql import functions as F
+
+    return [
+        ((F.coalesce(F.col(f"n_{t}"), F.lit(0)) + F.lit(a * g[t])) / (F.coalesce(F.col("n_imp"), F.lit(0)) + F.lit(a))).alias(
+            f"{prefix}_rate_{t}"
+        )
+        for t in TASKS
+    ]
+
+
+def user_features(spark, lake, enriched, target_days: list[dt.date], cfg, g: dict[str, float]):
+    """u_* features and theta per (user_id, feat_day) from the U days before feat_day + profile snapshot."""
+    from pyspark.sql import functions as F
+
+    rc = cfg.rank
+    p, a = rc.profile_dim, rc.rate_prior_strength
+    sums = window_sums(spark, _daily(enriched, "user_id", p, True), ["user_id"], target_days, rc.user_window_days)
+    has = F.coalesce(F.col("n_prof"), F.lit(0)) > 0
+    feats = sums.select(
+        "user_id", "feat_day",
+        F.log1p(F.col("n_imp")).alias("u_log_imp"),
+        F.col("n_imp").alias("u_n_imp"), F.col("n_explicit").alias("u_n_explicit"),
+        has.cast("float").alias("u_has_prof"),
+        *_rate_cols("u", a, g),
+        *[F.when(has, F.col(f"prof_{k}") / F.col("n_prof")).otherwise(F.lit(0.0)).alias(f"u_prof_{k}") for k in range(p)],
+    )
+    # profile snapshot of the day before feat_day (users registered later have none: zeros)
+    snap_days = sorted({d - dt.timedelta(days=1) for d in target_days})
+    users = lake.read_df(spark, "users", snap_days).select(
+        "user_id", F.date_add("dt", 1).alias("feat_day"), "age_bucket", "gender", "region", "device",
+        F.log1p(F.col("follower_count").cast("double")).alias("u_log_follower"),
+    )
+    return users.join(feats, ["user_id", "feat_day"], "full_outer")
+
+
+def theta_expr(a: float, g_explicit: float):
+    """theta_u = (explicit positives + a * global rate) / (impressions + a): never 0 for a new user."""
+    from pyspark.sql import functions as F
+
+    return (F.coalesce(F.col("u_n_explicit"), F.lit(0)) + F.lit(a * g_explicit)) / (
+        F.coalesce(F.col("u_n_imp"), F.lit(0)) + F.lit(a)
+    )
+
+
+def theta_values(n_explicit: np.ndarray, n_imp: np.ndarray, a: float, g_explicit: float) -> np.ndarray:
+    """NumPy twin of :func:`theta_expr` (tests, benchmarks)."""
+    return (np.nan_to_num(n_explicit) + a * g_explicit) / (np.nan_to_num(n_imp) + a)
+
+
+def creator_features(spark, enriched, target_days, cfg, g):
+    from pyspark.sql import functions as F
+
+    rc = cfg.rank
+    sums = window_sums(spark, _daily(enriched, "creator_id", rc.profile_dim, False), ["creator_id"], target_days,
+                       rc.user_window_days)
+    return sums.select("creator_id", "feat_day", F.log1p("n_imp").alias("c_log_imp"),
+                       *_rate_cols("c", rc.rate_prior_strength, g))
+
+
+def similar_features(spark, lake, enr, keys, cfg, g, target: list[dt.date], up_days: list[dt.date]):
+    """s_* per (item_id, feat_day): sim-weighted smoothed rates of S^I(i) (item_similar dt=upload day)."""
+    from pyspark.sql import functions as F
+
+    rc = cfg.rank
+    sim = lake.read_df(spark, "item_similar", up_days).withColumnRenamed("dt", "upload_day")
+    stats = window_sums(spark, _daily(enr, "item_id", rc.profile_dim, False), ["item_id"], target, rc.user_window_days)
+    stats = stats.select(F.col("item_id").alias("similar_item_id"), "feat_day", *_rate_cols("x", rc.rate_prior_strength, g))
+    j = (
+        keys.select("item_id", "upload_day", "feat_day").distinct()
+        .join(sim, ["item_id", "upload_day"])
+        .where(F.col("similar_item_id") != F.col("item_id"))
+        .join(stats, ["similar_item_id", "feat_day"])
+    )
+    w = F.greatest(F.col("sim").cast("double"), F.lit(0.0))
+    return j.groupBy("item_id", "feat_day").agg(
+        (F.sum(w) > 0).cast("float").alias("s_has"),
+        *[(F.sum(w * F.col(f"x_rate_{t}")) / F.greatest(F.sum(w), F.lit(1e-9))).alias(f"s_rate_{t}") for t in TASKS],
+    )
+
+
+def _sofar_finish(df, cfg, g):
+    """Turn raw so-far sums (e_n_imp, e_n_<task>, e_n_pos, e_prof_k) into e_* features."""
+    from pyspark.sql import functions as F
+
+    p, a = cfg.rank.profile_dim, cfg.rank.rate_prior_strength
+    n_imp = F.coalesce(F.col("e_n_imp"), F.lit(0))
+    npos = F.coalesce(F.col("e_n_pos"), F.lit(0))
+    df = df.withColumn("e_log_imp", F.log1p(n_imp)).withColumn("e_log_pos", F.log1p(npos))
+    for t in TASKS:
+        df = df.withColumn(f"e_rate_{t}", (F.coalesce(F.col(f"e_n_{t}"), F.lit(0)) + F.lit(a * g[t])) / (n_imp + F.lit(a)))
+    for k in range(p):
+        df = df.withColumn(f"e_pos_prof_{k}", F.when(npos > 0, F.col(f"e_prof_{k}") / npos).otherwise(F.lit(0.0)))
+    return df
+
+
+def _engaged_profile_cols(p: int):
+    from pyspark.sql import functions as F
+
+    return [(F.col("engaged") * F.coalesce(F.col(f"u_prof_{k}"), F.lit(0.0))).alias(f"_pp_{k}") for k in range(p)]
+
+
+# ---------------------------------------------------------------------- rows
+def _persist(df, cached: list | None):
+    """Cache a DataFrame reused by several branches (the caller unpersists ``cached`` when done)."""
+    if cached is None:
+        return df
+    df = df.cache()
+    cached.append(df)
+    return df
+
+
+def release(cached: list) -> None:
+    for df in cached:
+        df.unpersist()
+    cached.clear()
+
+
+def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fraction: float = 1.0, seed: int = 0,
+                  cached: list | None = None):
+    """Labelled feature rows for the exposures of [start, end] (every column of ``input_columns``,
+    ``y_<task>``, ``row_day``, ``upload_day``). Returns (DataFrame, global rates).
+
+    Pass a list as ``cached`` to cache the shared intermediates (then :func:`release` it)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rc = cfg.rank
+    p = rc.profile_dim
+    H, U = rc.item_history_days, rc.user_window_days
+    first = start - dt.timedelta(days=H + U)
+    item_start = first - dt.timedelta(days=rc.item_lookback_days)
+    items = _persist(item_table(spark, lake, item_start, end, p), cached)
+    enr = _persist(enriched_interactions(spark, lake, first, end, items), cached)
+    g = global_rates(enr)
+    hist = enr.where(F.col("row_day") >= F.lit(start - dt.timedelta(days=H)))
+    ufeat = user_features(spark, lake, enr, _days(start - dt.timedelta(days=H), end), cfg, g)
+    ufeat = ufeat.withColumnRenamed("feat_day", "row_day")
+    hist = hist.join(ufeat, ["user_id", "row_day"], "left")
+    # item so far: exposures of the same item strictly before this row's timestamp
+    w = Window.partitionBy("item_id").orderBy(F.unix_micros("ts")).rangeBetween(Window.unboundedPreceding, -1)
+    hist = hist.select("*", *_engaged_profile_cols(p))
+    hist = hist.select(
+        "*",
+        F.count("*").over(w).alias("e_n_imp"),
+        F.sum("engaged").over(w).alias("e_n_pos"),
+        *[F.sum(f"y_{t}").over(w).alias(f"e_n_{t}") for t in TASKS],
+        *[F.sum(f"_pp_{k}").over(w).alias(f"e_prof_{k}") for k in range(p)],
+    )
+    rows = hist.where(F.col("row_day") >= F.lit(start))
+    if sample_fraction < 1.0:
+        rows = rows.where(F.rand(seed) < F.lit(sample_fraction))
+    # (no item-age feature: at scoring every item is < 1 batch old, a range training barely covers)
+    rows = _sofar_finish(rows, cfg, g).withColumn("feat_day", F.col("row_day"))
+    rows = _attach_item_side(spark, lake, rows, enr, cfg, g, _days(start, end), _days(item_start, end))
+    cols = input_columns(p)
+    return rows.select(*cols, *[f"y_{t}" for t in TASKS], "row_day", "upload_day", "ts"), g
+
+
+def _attach_item_side(spark, lake, rows, enr, cfg, g, target: list[dt.date], up_days: list[dt.date]):
+    cre = creator_features(spark, enr, target, cfg, g)
+    sim = similar_features(spark, lake, enr, rows.select("item_id", "upload_day", "feat_day"), cfg, g, target, up_days)
+    rows = rows.join(cre, ["creator_id", "feat_day"], "left").join(sim, ["item_id", "feat_day"], "left")
+    fill = {"c_log_imp": 0.0, "s_has": 0.0, **{f"c_rate_{t}": g[t] for t in TASKS}, **{f"s_rate_{t}": g[t] for t in TASKS}}
+    return rows.fillna(fill)
+
+
+def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None = None):
+    """Feature rows for D's candidates (batch, item_id, user_id, channels, ...) at their batch cutoff.
+
+    Also returns theta per row (column ``theta``). Returns (DataFrame, global rates)."""
+    from pyspark.sql import functions as F
+
+    from dualrec.batches import batch_cutoff_col
+
+    rc = cfg.rank
+    p, U = rc.profile_dim, rc.user_window_days
+    first = day - dt.timedelta(days=U)
+    item_start = first - dt.timedelta(days=rc.item_lookback_days)
+    items = _persist(item_table(spark, lake, item_start, day, p), cached)
+    enr = _persist(enriched_interactions(spark, lake, first, day, items), cached)
+    past = enr.where(F.col("row_day") < F.lit(day))
+    g = global_rates(past)
+    ufeat = _persist(user_features(spark, lake, past, [day], cfg, g), cached)
+    cand_items = (
+        candidates.select("item_id", "batch").distinct()
+        .withColumn("cutoff", batch_cutoff_col(day, F.col("batch"), cfg.dispatch.batches_per_day))
+        .join(items, "item_id", "inner")
+    )
+    # item so far: D's exposures of the item before its batch cutoff, positive users' profile as of D-1
+    ev = enr.where(F.col("row_day") == F.lit(day)).select("user_id", "item_id", "ts", "engaged", *[f"y_{t}" for t in TASKS])
+    ev = ev.join(ufeat.select("user_id", *[f"u_prof_{k}" for k in range(p)]), "user_id", "left").select("*", *_engaged_profile_cols(p))
+    so = (
+        cand_items.select("item_id", "cutoff").join(ev, "item_id").where(F.col("ts") < F.col("cutoff"))
+        .groupBy("item_id").agg(
+            F.count("*").alias("e_n_imp"), F.sum("engaged").alias("e_n_pos"),
+            *[F.sum(f"y_{t}").alias(f"e_n_{t}") for t in TASKS],
+            *[F.sum(f"_pp_{k}").alias(f"e_prof_{k}") for k in range(p)],
+        )
+    )
+    it = _sofar_finish(cand_items.join(so, "item_id", "left"), cfg, g).withColumn("feat_day", F.lit(day))
+    it = _attach_item_side(spark, lake, it, past, cfg, g, [day], _days(item_start, day))
+    rows = candidates.drop("batch").join(it, "item_id", "inner").join(ufeat.drop("feat_day"), "user_id", "left")
+    rows = rows.withColumn("theta", theta_expr(rc.theta_prior_strength, g["explicit"]).cast("float"))
+    keep = ["batch", "channels", "theta"]
+    return rows.select(*input_columns(p), *[c for c in keep if c in rows.columns]), g
+
+
+def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int | None = None, seed: int = 0):
+    """:func:`training_rows` collected to pandas (uniform sample down to ``max_rows``), caches released."""
+    from pyspark.sql import functions as F
+
+    cached: list = []
+    try:
+        df, g = training_rows(spark, lake, start, end, cfg, cached=cached)
+        df = _persist(df, cached)
+        n = df.count()
+        if max_rows is not None and n > max_rows:
+            df = df.where(F.rand(seed) < F.lit(max_rows / n))
+        return df.toArrow().to_pandas(), g
+    finally:
+        release(cached)
+
+
+# ---------------------------------------------------------------------- scores
+def integrated_score(df, beta: dict[str, float]):
+    """Eq. 10: g = sum_m beta_m * s_m / theta (Spark)."""
+    from pyspark.sql import functions as F
+
+    total = sum((F.lit(float(beta.get(t, 0.0))) * F.col(f"s_{t}") for t in TASKS), F.lit(0.0))
+    return df.withColumn("g", (total / F.col("theta")).cast("float"))
+
+
+def integrated_score_np(s: np.ndarray, theta: np.ndarray, beta: dict[str, float]) -> np.ndarray:
+    """NumPy twin of :func:`integrated_score`: s is [n, M] in TASKS order."""
+    b = np.array([beta.get(t, 0.0) for t in TASKS], np.float64)
+    return (s @ b) / theta
+
+
+def score_in_spark(rows, model, batch_rows: int = 8192):
+    """Add s_<task> columns with the model broadcast once; item IDs are masked (new items)."""
+    from pyspark.sql import types as T
+
+    from models.ranker import featurize, model_from_bytes, model_to_bytes, predict
+
+    spark = rows.sparkSession
+    from dataclasses import asdict
+
+    bc = spark.sparkContext.broadcast({"spec": asdict(model.spec), "blob": model_to_bytes(model)})
+    schema = T.StructType(list(rows.schema.fields) + [T.StructField(f"s_{t}", T.FloatType()) for t in TASKS])
+    cache: dict[str, Any] = {}
+
+    def fn(batches):
+        if "m" not in cache:
+            import torch
+
+            torch.set_num_threads(1)
+            cache["m"] = model_from_bytes(bc.value["spec"], bc.value["blob"])
+        m = cache["m"]
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            cat, dense = featurize(b.to_pandas(), m.spec, mask_item_id=True)
+            s = predict(m, cat, dense, batch_rows)
+            yield pa.RecordBatch.from_arrays(
+                list(b.columns) + [pa.array(s[:, k], pa.float32()) for k in range(len(TASKS))],
+                names=list(b.schema.names) + [f"s_{t}" for t in TASKS],
+            )
+
+    return rows.mapInArrow(fn, schema)
+
+
+# ---------------------------------------------------------------------- evaluation helpers
+def auc(y: np.ndarray, s: np.ndarray) -> float | None:
+    """ROC AUC (ties averaged); None when only one class is present."""
+    import pandas as pd
+
+    y = np.asarray(y).astype(bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    r = pd.Series(np.asarray(s, np.float64)).rank(method="average").to_numpy()
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def auc_per_task(labels: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float | None]:
+    out = {}
+    for k, t in enumerate(TASKS):
+        sel = slice(None) if mask is None else mask
+        out[t] = auc(labels[sel, k], scores[sel, k]) if len(labels[sel]) else None
+    return out
+
+
+def model_for_day(lake, day: dt.date):
+    """(model day, model) of the ranker used on ``day``: latest artefact <= day trained on days < day."""
+    from models.ranker import load_ranker
+
+    for m in reversed([d for d in lake.model_days("ranker") if d <= day]):
+        model = load_ranker(lake, m)
+        if dt.date.fromisoformat(model.manifest["train_end"]) < day:
+            return m, model
+    return None, None
+
+
+def score_rows_local(model, pdf, train_end: dt.date) -> np.ndarray:
+    """Score held-out feature rows on the driver; an item uploaded after the training window has
+    an unknown ID, i.e. the masked bucket (the same rule scoring applies to new uploads)."""
+    from models.ranker import featurize, predict
+
+    mask = (pdf["upload_day"].to_numpy() > np.datetime64(train_end)) if len(pdf) else np.zeros(0, bool)
+    cat, dense = featurize(pdf, model.spec, mask_item_id=mask)
+    return predict(model, cat, dense)
+
+
+def ranking_auc(spark, lake, day, cfg, max_rows: int = 500_000) -> dict[str, float | None]:
+    """AUC per task of the ranker used on ``day``, on the exposures of ``day`` (interactions dt=D).
+
+    The model used on D is trained on days strictly before D (jobs/rank.py), so D's exposures are
+    held out. None per task when the model, the partition, or one of the classes is missing.
+    """
+    from dualrec.lake import parse_date
+    from models.ranker import labels_of
+
+    day = parse_date(day)
+    none = {t: None for t in TASKS}
+    if not lake.has_partition("interactions", day):
+        return none
+    m_day, model = model_for_day(lake, day)
+    if model is None:
+        return none
+    pdf, _ = training_frame(spark, lake, day, day, cfg, max_rows=max_rows, seed=7)
+    if len(pdf) == 0:
+        return none
+    s = score_rows_local(model, pdf, dt.date.fromisoformat(model.manifest["train_end"]))
+    return auc_per_task(labels_of(pdf), s)
+
+
+__all__ = [
+    "training_rows", "scoring_rows", "integrated_score", "integrated_score_np", "theta_expr", "theta_values",
+    "score_in_spark", "auc", "auc_per_task", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
+]

@@ -1,0 +1,176 @@
+"""Spark transforms feeding the two-tower model: positives, user features, negative pools, inference.
+
+Pure DataFrame -> DataFrame functions (no lake I/O) so each can be tested on ten rows; the
+stage ``jobs/two_tower.py`` reads the inputs, calls these and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from dualrec.config import EXPLICIT_FEEDBACKS
+from models.two_tower import ITEM_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+EMB_SCHEMA = "user_id long, emb array<float>"
+
+
+def explicit_positive_col():
+    """True when the interaction carries any creator-visible (explicit) feedback."""
+    from pyspark.sql import functions as F
+
+    return F.greatest(*[F.col(f"is_{f}").cast("int") for f in EXPLICIT_FEEDBACKS]) > 0
+
+
+def positive_pairs(interactions, exclude_items=None):
+    """Distinct (user_id, item_id) explicit positives with the day and ts of the first one.
+
+    ``interactions`` needs a ``dt`` column. ``exclude_items`` (a DataFrame with item_id) are left
+    out: the job passes the items uploaded on D so the model never sees feedback on the items
+    the run dispatches.
+    """
+    from pyspark.sql import functions as F
+
+    pos = interactions.where(explicit_positive_col()).select("user_id", "item_id", "ts", "dt")
+    if exclude_items is not None:
+        pos = pos.join(exclude_items.select("item_id").distinct(), "item_id", "left_anti")
+    return pos.groupBy("user_id", "item_id").agg(
+        F.min("ts").alias("ts"), F.min("dt").alias("day")
+    )
+
+
+def liked_summary(pairs, items, content_dim: int):
+    """Per user: number of distinct positive items and the mean of their content embeddings.
+
+    Summed in the JVM with higher-order functions (no Python UDF, no explode of 128 columns).
+    """
+    from pyspark.sql import functions as F
+
+    joined = pairs.select("user_id", "item_id").join(items.select("item_id", "content_emb"), "item_id")
+    total = F.expr(
+        f"aggregate(collect_list(content_emb), array_repeat(cast(0.0 as double), {int(content_dim)}),"
+        " (acc, x) -> zip_with(acc, x, (a, b) -> a + cast(b as double)))"
+    )
+    agg = joined.groupBy("user_id").agg(F.count(F.lit(1)).alias("liked_n"), total.alias("_sum"))
+    return agg.select(
+        "user_id",
+        "liked_n",
+        F.expr("transform(_sum, v -> cast(v / liked_n as float))").alias("liked_emb"),
+    )
+
+
+def activity_stats(visits, interactions, pairs):
+    """Per user over the window: active days, sessions, watch time, exposures, explicit positives."""
+    from pyspark.sql import functions as F
+
+    v = visits.groupBy("user_id").agg(
+        F.countDistinct("dt").alias("active_days"),
+        F.sum("sessions").cast("double").alias("sessions"),
+        F.sum("watch_ms").cast("double").alias("watch_ms"),
+    )
+    i = interactions.groupBy("user_id").agg(F.count(F.lit(1)).cast("double").alias("n_interactions"))
+    p = pairs.groupBy("user_id").agg(F.count(F.lit(1)).cast("double").alias("n_positive"))
+    return v.join(i, "user_id", "full").join(p, "user_id", "full")
+
+
+def user_features(users, visits, interactions, items, day: dt.date, content_dim: int, exclude_items=None):
+    """One row per user of the ``users`` snapshot with :data:`USER_FEATURE_COLUMNS`.
+
+    ``visits`` / ``interactions`` are the training window (with ``dt``), ``items`` cover every
+    item liked in it. Users without history get zeros and a null liked summary.
+    """
+    from pyspark.sql import functions as F
+
+    pairs = positive_pairs(interactions, exclude_items)
+    stats = activity_stats(visits, interactions, pairs)
+    liked = liked_summary(pairs, items, content_dim)
+    base = users.select(
+        "user_id",
+        "age_bucket",
+        "gender",
+        "region",
+        "device",
+        F.col("follower_count").cast("double").alias("follower_count"),
+        F.greatest(F.datediff(F.lit(day.isoformat()).cast("date"), F.col("register_dt")), F.lit(0))
+        .cast("double")
+        .alias("account_age_days"),
+    )
+    out = base.join(stats, "user_id", "left").join(liked, "user_id", "left")
+    fill = {c: 0.0 for c in ("active_days", "sessions", "watch_ms", "n_interactions", "n_positive")}
+    out = out.fillna(fill).fillna({"liked_n": 0})
+    return out.select(
+        *[F.col(c).cast("double").alias(c) if c in fill or c == "liked_n" else F.col(c) for c in USER_FEATURE_COLUMNS]
+    )
+
+
+def negative_pool(activity, visits, days: list[dt.date]):
+    """(day, user_id) pools for negative sampling: available users of a day when the day has
+    ``activity_scores``, else that day's active users (visits). Both inputs carry ``dt``."""
+    from pyspark.sql import functions as F
+
+    have = {r["dt"] for r in activity.select("dt").distinct().collect()} if activity is not None else set()
+    parts = []
+    if have:
+        parts.append(activity.where(F.col("available")).select(F.col("dt").alias("day"), "user_id"))
+    rest = [d for d in days if d not in have]
+    if rest:
+        parts.append(visits.where(F.col("dt").isin(rest)).select(F.col("dt").alias("day"), "user_id"))
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out.distinct()
+
+
+def item_features(items):
+    return items.select(*ITEM_FEATURE_COLUMNS)
+
+
+# ---------------------------------------------------------------------- inference in Spark
+_WORKER_MODELS: dict[str, object] = {}
+
+
+def embed_users(spark, user_feats, model, batch_rows: int = 8192):
+    """``user_feats`` -> (user_id, emb) with batched inference in ``mapInArrow``.
+
+    The weights are broadcast once; each Python worker rebuilds the model once per broadcast
+    (cached by a token), then embeds whole Arrow batches.
+    """
+    from dataclasses import asdict
+
+    from models.two_tower import model_to_bytes
+
+    token = uuid.uuid4().hex
+    bc = spark.sparkContext.broadcast((token, asdict(model.spec), model_to_bytes(model)))
+
+    def _fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        from models.two_tower import model_from_bytes, user_embeddings
+
+        tok, spec, blob = bc.value
+        m = _WORKER_MODELS.get(tok)
+        if m is None:
+            torch.set_num_threads(1)
+            _WORKER_MODELS.clear()
+            m = _WORKER_MODELS[tok] = model_from_bytes(spec, blob)
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            e = user_embeddings(m, b, batch_rows)
+            values = pa.array(e.reshape(-1), pa.float32())
+            offsets = pa.array(np.arange(0, e.size + 1, e.shape[1], dtype=np.int32))
+            yield pa.RecordBatch.from_arrays(
+                [b.column(b.schema.get_field_index("user_id")), pa.ListArray.from_arrays(offsets, values)],
+                names=["user_id", "emb"],
+            )
+
+    return user_feats.select(*USER_FEATURE_COLUMNS).mapInArrow(_fn, EMB_SCHEMA)
