@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from dualrec.lake import Lake, parse_date
+from dualrec.lake import Lake, LakeError, parse_date
 
 MANIFEST = "manifest.json"
 
@@ -26,8 +26,11 @@ PRODUCERS: dict[str, str] = {
 """Which stage writes which artefact (named in error messages)."""
 
 
-class ArtifactError(RuntimeError):
-    """A model/index artefact is missing, corrupt or of an unexpected version."""
+class ArtifactError(LakeError):
+    """A model/index artefact is missing, corrupt or of an unexpected version.
+
+    A :class:`LakeError`, so stage entry points exit with the bad-input code (2) and the
+    message (file + producing stage) is kept as is."""
 
 
 def artifact_rel(name: str, day: dt.date | str) -> str:

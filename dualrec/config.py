@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,12 +290,17 @@ def _build(klass: type, data: dict[str, Any], where: str) -> Any:
                 isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
             ):
                 raise ValueError(
-                    f"{where}.{name} must be {type(default).__name__}, got {type(value).__name__} ({value!r})"
+                    f"{where}.{name} must be {type(default).__name__}, got {type(value).__name__}"
+                    + ("" if name == "conf" else f" ({value!r})")  # spark conf values may be credentials
                 )
             kwargs[name] = float(value) if isinstance(default, float) else value
     cfg = klass(**kwargs)
     _check(cfg, where)
     return cfg
+
+
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|access\.key|credential(?!s\.provider)", re.IGNORECASE)
+"""Spark/Hadoop conf keys that carry credentials (``fs.s3a.secret.key``, ``...session.token`` ...)."""
 
 
 def _check(cfg: Any, where: str) -> None:
@@ -308,6 +314,15 @@ def _check(cfg: Any, where: str) -> None:
             raise ValueError(f"{where}.engine must be 'numpy' or 'spark', got {cfg.engine!r}")
     if isinstance(cfg, ActivityConfig) and cfg.policy not in ("top_n", "probability"):
         raise ValueError(f"{where}.policy must be 'top_n' or 'probability', got {cfg.policy!r}")
+    if isinstance(cfg, SparkConfig):
+        secret = [k for k in cfg.conf if _SECRET_KEY.search(str(k))]
+        if secret:
+            # the value is never echoed; config files end up in repos, DAG params and logs
+            raise ValueError(
+                f"{where}.conf must not hold credentials ({', '.join(sorted(secret))}): give them through the "
+                "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by Spark's s3a and PyArrow) "
+                "or the Airflow Spark connection"
+            )
     if isinstance(cfg, RetrievalConfig):
         missing = [c for c in cfg.channels if c not in cfg.k]
         if missing:

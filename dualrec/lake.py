@@ -163,7 +163,13 @@ class Lake:
             trash = self.fs_path(posixpath.join(parent, "_trash", f"{leaf}-{token}"))
             self._fs.create_dir(posixpath.dirname(trash), recursive=True)
             self._fs.move(target, trash)
-        self._fs.move(self.fs_path(staging), target)
+        try:
+            self._fs.move(self.fs_path(staging), target)
+        except BaseException:
+            # the swap failed half-way: put the previous version back rather than leave nothing
+            if trash and self._fs.get_file_info(target).type == pafs.FileType.NotFound:
+                self._fs.move(trash, target)
+            raise
         if trash:
             self._fs.delete_dir(trash)
         log.debug("published %s", self.uri(rel))
@@ -314,6 +320,13 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), root[len("file://"):]
     if "://" not in root:
         return pafs.LocalFileSystem(), root
+    netloc = root.split("://", 1)[1].split("/", 1)[0]
+    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:  # user:secret@host
+        # never echo the URI: it holds the credential we refuse to log
+        raise ValueError(
+            f"lake root {root.split('://', 1)[0]}://<redacted>: credentials must not be embedded in the lake URI; "
+            "give them through the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or the Airflow connection"
+        )
     uri = root
     if uri.startswith("s3a://") or uri.startswith("s3n://"):
         uri = "s3://" + uri.split("://", 1)[1]

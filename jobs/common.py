@@ -87,7 +87,28 @@ def add_common_args(p: argparse.ArgumentParser, date: bool = True) -> None:
 
 def context_from_args(args: argparse.Namespace) -> StageContext:
     cfg = DualRecConfig.load(args.config, parse_overrides(args.set))
-    return StageContext(lake=Lake(args.lake), day=parse_date(args.date), cfg=cfg)
+    return StageContext(lake=open_lake(args.lake), day=parse_date(args.date), cfg=cfg)
+
+
+def open_lake(root: str) -> Lake:
+    """A lake from a CLI/Airflow argument, refusing roots that would write somewhere unintended.
+
+    An empty root would resolve to the working directory and a regular file cannot hold
+    partitions; an unknown URI scheme or an unreachable filesystem is a clear error (exit 2)
+    instead of a traceback.
+    """
+    import os
+
+    if not root or not str(root).strip():
+        raise ValueError("--lake is empty: give a directory or an hdfs:// / s3a:// URI")
+    if "://" not in root and os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"--lake {root!r} is a file, not a lake directory")
+    try:
+        return Lake(root)
+    except ValueError:
+        raise
+    except OSError as e:
+        raise LakeError(f"cannot open lake {root.split('@')[-1]!r}: {e}") from e
 
 
 def run_stage(name: str, fn: Callable[[StageContext], dict], ctx: StageContext) -> dict:

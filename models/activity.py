@@ -191,14 +191,29 @@ def save(lake, day, model: ActivityModel, extra_manifest: dict[str, Any] | None 
 
 
 def load(lake, day) -> ActivityModel:
-    """Load the model published for ``day``."""
-    from dualrec.lake import LakeError
+    """Load the model published for ``day``.
 
+    Missing, corrupt or other-version artefacts raise :class:`~dualrec.artifacts.ArtifactError`
+    naming the file and the producing stage, so the operator knows what to rerun. The booster
+    is parsed from XGBoost JSON (no pickle).
+    """
+    from dualrec.artifacts import artifact_file, corrupt_error, read_manifest
+
+    manifest = read_manifest(lake, MODEL_NAME, day, version=MODEL_VERSION)
+    artifact_file(lake, MODEL_NAME, day, MODEL_FILE)
     rel = lake.model_rel(MODEL_NAME, day)
-    if not lake.is_complete(rel):
-        raise LakeError(f"activity model for dt={day} is missing at {lake.uri(rel)}")
-    manifest = json.loads(lake.read_text(posixpath.join(rel, MANIFEST_FILE)))
-    with lake.fs.open_input_stream(lake.fs_path(posixpath.join(rel, MODEL_FILE))) as f:
-        raw = f.read()
-    booster = booster_from_bytes(raw, nthread=2)
-    return ActivityModel(booster, list(manifest["feature_names"]), manifest)
+    try:
+        names = manifest["feature_names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("manifest 'feature_names' is not a list of strings")
+    except (KeyError, ValueError) as e:
+        raise corrupt_error(lake, MODEL_NAME, day, MANIFEST_FILE, e) from e
+    try:
+        with lake.fs.open_input_stream(lake.fs_path(posixpath.join(rel, MODEL_FILE))) as f:
+            raw = f.read()
+        booster = booster_from_bytes(raw, nthread=2)
+        if booster.num_features() != len(names):
+            raise ValueError(f"booster has {booster.num_features()} features, manifest lists {len(names)}")
+    except (xgb.core.XGBoostError, ValueError, OSError) as e:
+        raise corrupt_error(lake, MODEL_NAME, day, MODEL_FILE, e) from e
+    return ActivityModel(booster, list(names), manifest)
