@@ -73,7 +73,8 @@ def artifact_file(lake: Lake, name: str, day: dt.date | str, filename: str) -> s
 
 def corrupt_error(lake: Lake, name: str, day: dt.date | str, filename: str, err: Exception) -> ArtifactError:
     rel = f"{artifact_rel(name, day)}/{filename}"
+    detail = (str(err).strip().splitlines() or [""])[0]  # native libraries append stack traces
     return ArtifactError(
-        f"artefact {name!r}: {lake.uri(rel)} cannot be loaded ({type(err).__name__}: {err}); "
+        f"artefact {name!r}: {lake.uri(rel)} cannot be loaded ({type(err).__name__}: {detail}); "
         f"rerun stage {PRODUCERS.get(name, name)!r} for {parse_date(day)}"
     )

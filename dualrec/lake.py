@@ -320,8 +320,8 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), root[len("file://"):]
     if "://" not in root:
         return pafs.LocalFileSystem(), root
-    netloc = root.split("://", 1)[1].split("/", 1)[0]
-    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:  # user:secret@host
+    rest = root.split("://", 1)[1]
+    if "@" in rest and ":" in rest.split("@", 1)[0]:  # user:secret@host (a secret may itself hold '/')
         # never echo the URI: it holds the credential we refuse to log
         raise ValueError(
             f"lake root {root.split('://', 1)[0]}://<redacted>: credentials must not be embedded in the lake URI; "
