@@ -1,6 +1,6 @@
 """``dualrec demo``: the README's one-command tour.
 
-Synthesises a small world, runs the last days of it through every stage (the first run
+Synthesises a small world (preset ``tiny`` by default: ~2k users, ~100 uploads a day), runs the last days of it through every stage (the first run
 day trains the models from scratch, the next warm-starts), evaluates the last run day
 against the following day's logs and returns the report path and headline metrics.
 """
@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 
 def run_demo(
     lake_root: str,
-    preset: str = "small",
+    preset: str = "tiny",
     start: str = "2026-01-01",
-    synth_days: int = 10,
+    synth_days: int = 12,
     run_days: int = 2,
     seed: int = 7,
     cfg: DualRecConfig | None = None,

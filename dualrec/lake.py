@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.tables import arrow_schema, table_spec
+from schemas.tables import arrow_schema
 
 log = logging.getLogger(__name__)
 

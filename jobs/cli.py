@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from jobs.common import EXIT_BAD_INPUT, parse_overrides, setup_logging
+from jobs.common import EXIT_BAD_INPUT, open_lake, parse_overrides, setup_logging
 
 log = logging.getLogger("dualrec")
 
@@ -42,10 +42,10 @@ def _fmt(v) -> str:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from dualrec.lake import Lake, parse_date
+    from dualrec.lake import parse_date
     from schemas.tables import TABLES
 
-    lake = Lake(args.lake)
+    lake = open_lake(args.lake)
     tables = [args.table] if args.table else [t for t in TABLES if lake.partitions(t)]
     if args.table and args.table not in TABLES:
         print(f"error: unknown table {args.table!r}", file=sys.stderr)
@@ -78,29 +78,26 @@ def _progress(msg: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dualrec.lake import Lake
     from dualrec.pipeline import run_day
 
-    timings = run_day(Lake(args.lake), args.date, _config(args), progress=_progress)
+    timings = run_day(open_lake(args.lake), args.date, _config(args), progress=_progress)
     print(json.dumps({"date": args.date, "stage_seconds": timings}))
     return 0
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from dualrec.lake import Lake
     from dualrec.pipeline import backfill
 
-    status = backfill(Lake(args.lake), args.start, args.end, _config(args), force=args.force, progress=_progress)
+    status = backfill(open_lake(args.lake), args.start, args.end, _config(args), force=args.force, progress=_progress)
     print(json.dumps(status, indent=2))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dualrec.lake import Lake
     from dualrec.metrics import evaluate
     from dualrec.report import write_report
 
-    lake = Lake(args.lake)
+    lake = open_lake(args.lake)
     metrics = evaluate(lake, args.date, _config(args))
     path = write_report(lake, args.date, metrics)
     if args.json:
@@ -196,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="synthesise a small world, run it, evaluate, print the report path")
     d.add_argument("--lake", default="./dualrec-demo-lake")
-    d.add_argument("--preset", default="small", choices=["tiny", "small", "medium", "large"])
-    d.add_argument("--days", type=int, default=10, help="days to synthesise")
+    d.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"],
+                   help="tiny (default) finishes in minutes on 2 cores; small takes much longer")
+    d.add_argument("--days", type=int, default=12, help="days to synthesise")
     d.add_argument("--run-days", type=int, default=2, help="days to run through the pipeline")
     d.add_argument("--seed", type=int, default=7)
     _add_config_args(d)

@@ -196,21 +196,30 @@ def recall_vs_exact(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k
 
 def load_index(lake, name: str, day: dt.date | str) -> AnnIndex:
     """Load ``_models/<name>/dt=day`` (``user_index`` or ``item_index``)."""
-    from dualrec.lake import Lake, LakeError
+    from dualrec import artifacts
 
-    rel = Lake.model_rel(name, day)
-    if not lake.is_complete(rel):
-        raise LakeError(f"index {name!r}: artefact for dt={day} is missing at {lake.uri(rel)}")
-    manifest = json.loads(lake.read_text(posixpath.join(rel, MANIFEST_FILE)))
-    with lake.fs.open_input_stream(lake.fs_path(posixpath.join(rel, manifest.get("index_file", INDEX_FILE)))) as f:
-        blob = f.read()
-    index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-    if manifest.get("nprobe"):
-        faiss.extract_index_ivf(index).nprobe = int(manifest["nprobe"])
-    with lake.fs.open_input_stream(lake.fs_path(posixpath.join(rel, manifest.get("ids_file", IDS_FILE)))) as f:
-        ids = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    manifest = artifacts.read_manifest(lake, name, day, version=VERSION)
+    index_file = manifest.get("index_file", INDEX_FILE)
+    ids_file = manifest.get("ids_file", IDS_FILE)
+    index_path = artifacts.artifact_file(lake, name, day, index_file)
+    ids_path = artifacts.artifact_file(lake, name, day, ids_file)
+    try:
+        with lake.fs.open_input_stream(index_path) as f:
+            blob = f.read()
+        index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        if manifest.get("nprobe"):
+            faiss.extract_index_ivf(index).nprobe = int(manifest["nprobe"])
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
+        raise artifacts.corrupt_error(lake, name, day, index_file, e) from e
+    try:
+        with lake.fs.open_input_stream(ids_path) as f:
+            ids = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise artifacts.corrupt_error(lake, name, day, ids_file, e) from e
     if len(ids) != index.ntotal:
-        raise LakeError(f"index {name!r} dt={day}: {len(ids)} ids for {index.ntotal} vectors")
+        raise artifacts.corrupt_error(
+            lake, name, day, ids_file, ValueError(f"{len(ids)} ids for {index.ntotal} vectors")
+        )
     meta = {k: v for k, v in manifest.items() if k not in ("index_file", "ids_file")}
     return AnnIndex(index, ids.astype(np.int64), meta)
 

@@ -355,14 +355,16 @@ def save_ranker(model: MultiTaskRanker, lake, rel: str, manifest: dict[str, Any]
 
 def load_ranker(lake, day) -> MultiTaskRanker:
     """The ranker artefact ``_models/ranker/dt=day`` (manifest attached as ``.manifest``)."""
-    from dualrec.lake import Lake, LakeError
+    from dualrec import artifacts
 
-    rel = Lake.model_rel(MODEL_NAME, day)
-    if not lake.is_complete(rel):
-        raise LakeError(f"model 'ranker': artefact for dt={day} is missing at {lake.uri(rel)}")
-    manifest = json.loads(lake.read_text(posixpath.join(rel, MANIFEST_FILE)))
-    with lake.fs.open_input_stream(lake.fs_path(posixpath.join(rel, manifest["weights"]))) as f:
-        model = model_from_bytes(manifest["spec"], f.read())
+    manifest = artifacts.read_manifest(lake, MODEL_NAME, day, version=VERSION)
+    weights = manifest.get("weights", WEIGHTS_FILE)
+    path = artifacts.artifact_file(lake, MODEL_NAME, day, weights)
+    try:
+        with lake.fs.open_input_stream(path) as f:
+            model = model_from_bytes(manifest["spec"], f.read())
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
+        raise artifacts.corrupt_error(lake, MODEL_NAME, day, weights, e) from e
     model.manifest = manifest  # type: ignore[attr-defined]
     return model
 

@@ -444,23 +444,24 @@ def save_two_tower(model: TwoTowerModel, lake, rel: str, manifest: dict[str, Any
 
 
 def read_manifest(lake, day: dt.date | str, name: str = MODEL_NAME) -> dict[str, Any]:
-    from dualrec.lake import Lake, LakeError
+    """Checked manifest: a missing, corrupt or other-version artefact names its file and stage."""
+    from dualrec import artifacts
 
-    rel = Lake.model_rel(name, day)
-    if not lake.is_complete(rel):
-        raise LakeError(f"model {name!r}: artefact for dt={day} is missing at {lake.uri(rel)}")
-    return json.loads(lake.read_text(f"{rel}/{MANIFEST_FILE}"))
+    return artifacts.read_manifest(lake, name, day, version=VERSION)
 
 
 def load_two_tower(lake, day: dt.date | str) -> TwoTowerModel:
     """Load the two-tower model published for ``day`` (``_models/two_tower/dt=day``)."""
-    from dualrec.lake import Lake
+    from dualrec import artifacts
 
     manifest = read_manifest(lake, day)
-    rel = Lake.model_rel(MODEL_NAME, day)
-    with lake.fs.open_input_stream(lake.fs_path(f"{rel}/{manifest['weights']}")) as f:
-        blob = f.read()
-    model = model_from_bytes(manifest["spec"], blob)
+    path = artifacts.artifact_file(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE))
+    try:
+        with lake.fs.open_input_stream(path) as f:
+            blob = f.read()
+        model = model_from_bytes(manifest["spec"], blob)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
+        raise artifacts.corrupt_error(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE), e) from e
     model.manifest = manifest  # type: ignore[attr-defined]
     return model
 

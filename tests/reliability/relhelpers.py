@@ -73,7 +73,7 @@ def table_rows(lake: Lake, table: str, day: dt.date, keys: list[str]) -> pa.Tabl
 
 
 # ---------------------------------------------------------------------------------- dispatch day
-def dispatch_tables(day: dt.date, seed: int = 0, n_items: int = 30, n_users: int = 40, batches: int = 4):
+def dispatch_tables(day: dt.date, seed: int = 0, n_items: int = 30, n_users: int = 40, batches: int = 2):
     """Hand-made items, activity_scores and ranked for ``day`` (crowded: Q binds, L binds)."""
     rng = np.random.default_rng(seed)
     t0 = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
@@ -124,7 +124,7 @@ def dispatch_lake(root, day: dt.date = DAY, seed: int = 0) -> Lake:
     return lake
 
 
-DISPATCH = {"L": 5, "Q": 3, "batches_per_day": 4}
+DISPATCH = {"L": 5, "Q": 3, "batches_per_day": 2}
 
 
 def dispatch_ctx(lake: Lake, spark, day: dt.date = DAY, **dispatch) -> StageContext:

@@ -74,3 +74,38 @@ def test_wrong_version_and_corrupt_manifest_are_named(lake_with_manifest):
         read_manifest(lake, "ranker", DAY, version=1)
     with pytest.raises(ArtifactError, match="model.pt is missing .*stage 'rank'"):
         artifact_file(lake, "ranker", DAY, "model.pt")
+
+
+@pytest.mark.parametrize(
+    "loader, name, stage",
+    [
+        ("models.two_tower:load_two_tower", "two_tower", "two_tower"),
+        ("models.ranker:load_ranker", "ranker", "rank"),
+        ("models.activity:load", "activity", "activity"),
+    ],
+)
+def test_every_model_loader_names_file_and_stage(tmp_path, loader, name, stage):
+    import importlib
+
+    mod, fn = loader.split(":")
+    load = getattr(importlib.import_module(mod), fn)
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(ArtifactError, match=rf"_models/{name}/dt=2026-01-05.*stage '{stage}'"):
+        load(lake, DAY)
+    with lake.publish_dir(Lake.model_rel(name, DAY)) as st:
+        lake.write_text(f"{st}/manifest.json", json.dumps({"version": 999}))
+    with pytest.raises(ArtifactError, match=f"version 999.*stage '{stage}'"):
+        load(lake, DAY)
+
+
+@pytest.mark.parametrize("name, stage", [("user_index", "two_tower"), ("item_index", "similarity")])
+def test_index_loader_names_file_and_stage(tmp_path, name, stage):
+    from models.ann import load_index
+
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(ArtifactError, match=f"stage '{stage}'"):
+        load_index(lake, name, DAY)
+    with lake.publish_dir(Lake.model_rel(name, DAY)) as st:
+        lake.write_text(f"{st}/manifest.json", json.dumps({"version": 1}))
+    with pytest.raises(ArtifactError, match=f"index.faiss is missing|stage '{stage}'"):
+        load_index(lake, name, DAY)

@@ -27,7 +27,7 @@ from dualrec.lake import Lake
 from jobs.common import stage_main
 from models import activity as M
 
-from relhelpers import DAY, REPO, dispatch_lake
+from relhelpers import DAY, DISPATCH, REPO, dispatch_lake
 
 PRODUCT_DIRS = ("dualrec", "jobs", "models", "schemas", "dags")
 
@@ -225,8 +225,8 @@ def test_secret_in_environment_never_reaches_the_logs(tmp_path, capsys, caplog, 
     lake = dispatch_lake(tmp_path / "lake")
     caplog.set_level(logging.DEBUG)
     capsys.readouterr()
-    args = ["--lake", lake.root, "--date", DAY.isoformat(), "-v", "--set", "dispatch.L=5", "--set", "dispatch.Q=3",
-            "--set", "dispatch.batches_per_day=4"]
+    args = ["--lake", lake.root, "--date", DAY.isoformat(), "-v",
+            *sum((["--set", f"dispatch.{k}={v}"] for k, v in DISPATCH.items()), [])]
     assert stage_main("dispatch", run, args) == 0
     assert lake.has_partition("match_sets", DAY)
     os.remove(lake.fs_path(f"{lake.partition_rel('ranked', DAY)}/_SUCCESS"))
