@@ -23,12 +23,10 @@ import posixpath
 import sys
 
 from dualrec.dispatch import apply_boost
-from dualrec.lake import Lake, LakeError
+from dualrec.lake import Lake
 from jobs.common import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
     StageContext,
-    StageError,
+    exit_code,
     add_common_args,
     context_from_args,
     run_stage,
@@ -79,17 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda", dest="lam", type=float, help="boost coefficient (default dispatch.boost_lambda)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        ctx = context_from_args(args)
-        run_stage(STAGE, lambda c: boost(c, args.input, args.output, args.lam), ctx)
-    except (BadInputError, LakeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except StageError as e:
-        log.exception("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    return exit_code(lambda: run_stage(STAGE, lambda c: boost(c, args.input, args.output, args.lam),
+                                       context_from_args(args)))
 
 
 if __name__ == "__main__":

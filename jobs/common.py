@@ -135,9 +135,13 @@ def stage_main(name: str, fn: Callable[[StageContext], dict], argv: list[str] | 
     add_common_args(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    return exit_code(lambda: run_stage(name, fn, context_from_args(args)))
+
+
+def exit_code(action: Callable[[], Any]) -> int:
+    """Run ``action`` and map failures to the documented exit codes (2 bad input, 1 stage failure)."""
     try:
-        ctx = context_from_args(args)
-        run_stage(name, fn, ctx)
+        action()
     except (BadInputError, LakeError, ValueError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

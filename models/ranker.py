@@ -21,10 +21,7 @@ trained scores 0. Artefact: ``model.pt`` (state_dict, ``torch.load(weights_only=
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+
+from models.torch_io import load_state, save_model, state_to_bytes
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -331,26 +330,17 @@ def predict(model: MultiTaskRanker, cat: np.ndarray, dense: np.ndarray, batch_ro
 
 # ---------------------------------------------------------------------- persistence
 def model_to_bytes(model: MultiTaskRanker) -> bytes:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
+    return state_to_bytes(model)
 
 
 def model_from_bytes(spec: RankerSpec | dict[str, Any], blob: bytes) -> MultiTaskRanker:
     spec = spec if isinstance(spec, RankerSpec) else RankerSpec(**spec)
-    model = MultiTaskRanker(spec)
-    model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
-    model.eval()
-    return model
+    return load_state(MultiTaskRanker(spec), blob)
 
 
 def save_ranker(model: MultiTaskRanker, lake, rel: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write weights + manifest into ``rel`` (a ``lake.publish_dir`` staging directory)."""
-    with lake.fs.open_output_stream(lake.fs_path(posixpath.join(rel, WEIGHTS_FILE))) as f:
-        f.write(model_to_bytes(model))
-    full = {"name": MODEL_NAME, "version": VERSION, "spec": asdict(model.spec), "weights": WEIGHTS_FILE, **manifest}
-    lake.write_text(posixpath.join(rel, MANIFEST_FILE), json.dumps(full, indent=2, sort_keys=True, default=str))
-    return full
+    return save_model(model, asdict(model.spec), lake, rel, MODEL_NAME, VERSION, WEIGHTS_FILE, manifest)
 
 
 def load_ranker(lake, day) -> MultiTaskRanker:

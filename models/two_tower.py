@@ -31,8 +31,6 @@ so the model cannot learn to find an item inside its own liker's summary.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,6 +40,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+
+from models.torch_io import load_state, save_model, state_to_bytes
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -419,28 +419,17 @@ def train_two_tower(model: TwoTowerModel, data: TrainData, cfg, seed: int, fit_n
 
 # ---------------------------------------------------------------------- persistence
 def model_to_bytes(model: TwoTowerModel) -> bytes:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
+    return state_to_bytes(model)
 
 
 def model_from_bytes(spec: ModelSpec | dict[str, Any], blob: bytes) -> TwoTowerModel:
     """Rebuild from weights bytes (``weights_only=True``: no pickle code runs)."""
-    model = TwoTowerModel.from_spec(spec)
-    model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
-    model.eval()
-    return model
+    return load_state(TwoTowerModel.from_spec(spec), blob)
 
 
 def save_two_tower(model: TwoTowerModel, lake, rel: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write ``model.pt`` + ``manifest.json`` into ``rel`` (a staging dir from ``lake.publish_dir``)."""
-    import posixpath
-
-    with lake.fs.open_output_stream(lake.fs_path(posixpath.join(rel, WEIGHTS_FILE))) as f:
-        f.write(model_to_bytes(model))
-    full = {"name": MODEL_NAME, "version": VERSION, "spec": asdict(model.spec), "weights": WEIGHTS_FILE, **manifest}
-    lake.write_text(posixpath.join(rel, MANIFEST_FILE), json.dumps(full, indent=2, sort_keys=True, default=str))
-    return full
+    return save_model(model, asdict(model.spec), lake, rel, MODEL_NAME, VERSION, WEIGHTS_FILE, manifest)
 
 
 def read_manifest(lake, day: dt.date | str, name: str = MODEL_NAME) -> dict[str, Any]:
