@@ -110,6 +110,7 @@ def plot_du_hist(m: dict) -> Figure:
     if q is not None:
         ax.axvline(q, color="black", ls="--", lw=1, label=f"Q = {int(q)}")
     ax.set_yscale("symlog")
+    ax.set_ylim(bottom=0)  # counts: no negative half of the symlog axis
     ax.set_xlabel("|D_u| (items matched to a user)")
     ax.set_ylabel("users")
     ax.set_title("Match set size distribution (paper Fig. 9)")

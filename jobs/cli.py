@@ -24,8 +24,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_summary(summary: dict) -> str:
-    lines = ["synthetic world written:"]
+def _format_summary(summary: dict, title: str = "synthetic world written:") -> str:
+    lines = [title]
     for k, v in summary.items():
         if isinstance(v, dict):
             lines.append(f"  {k}:")
@@ -103,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, default=_json_default))
     else:
-        print(_format_summary(_flatten_top(metrics)))
+        print(_format_summary(_flatten_top(metrics), title=f"metrics for {args.date}:"))
         print(f"report: {path}")
     return 0
 
@@ -136,7 +136,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "quality.feedback_per_pair_random": m.get("quality", {}).get("feedback_per_pair_random"),
         "quality.feedback_per_pair_oracle": m.get("quality", {}).get("feedback_per_pair_oracle"),
     }
-    print(_format_summary(head))
+    print(_format_summary(head, title="demo finished; headline metrics:"))
     print(f"report: {out['report']}")
     return 0
 
