@@ -35,7 +35,8 @@ import pyarrow as pa
 
 from dualrec.config import ActivityConfig
 from dualrec.lake import Lake, date_range, parse_date
-from models.activity import cached_booster, roc_auc
+from dualrec.stats import roc_auc
+from models.activity import cached_booster
 from schemas.validate import BadInputError
 
 log = logging.getLogger(__name__)

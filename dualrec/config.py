@@ -24,6 +24,13 @@ EXPLICIT_FEEDBACKS: tuple[str, ...] = ("like", "comment", "follow", "share", "pr
 """Feedback the creator can see; used as two-tower positives and in truth metrics."""
 
 
+def step_seed(seed: int, day, step: str) -> int:
+    """Deterministic seed for one random step: config seed, the date and the step name."""
+    import zlib
+
+    return (seed * 1_000_003 + day.toordinal() * 7919 + zlib.crc32(step.encode())) % (2**31 - 1)
+
+
 @dataclass
 class SparkConfig:
     """Spark session settings; local mode by default, a cluster by changing ``master``."""

@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import logging
 import math
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig
+from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.lake import Lake, parse_date
+from dualrec.stats import roc_auc as stats_roc_auc
 from schemas.tables import RANK_TASKS, arrow_schema
 
 log = logging.getLogger(__name__)
@@ -72,21 +72,9 @@ def _f(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _seed(cfg: DualRecConfig, day: dt.date, step: str) -> int:
-    """Same recipe as StageContext.seed, so evaluate() and the metrics stage agree."""
-    return (cfg.seed * 1_000_003 + day.toordinal() * 7919 + zlib.crc32(step.encode())) % (2**31 - 1)
-
-
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Mann-Whitney AUC with average ranks for ties; None when a class is missing."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos = int(labels.sum())
-    n_neg = int(labels.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return _f((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """AUC with average ranks for ties (scores first); None when a class is missing."""
+    return _f(stats_roc_auc(labels, scores))
 
 
 def reliability_curve(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -682,7 +670,7 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
     cfg = cfg or DualRecConfig()
     nxt = day + dt.timedelta(days=1)
     L, Q = cfg.dispatch.L, cfg.dispatch.Q
-    rng = np.random.default_rng(_seed(cfg, day, "metrics.baselines"))
+    rng = np.random.default_rng(step_seed(cfg.seed, day, "metrics.baselines"))
     spark_box: list[Any] = [spark]
 
     def get_spark():

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dualrec.stats import roc_auc
+
 from models.ranker import TASKS, input_columns
 
 log = logging.getLogger(__name__)
@@ -406,14 +408,7 @@ def score_in_spark(rows, model, batch_rows: int = 8192):
 # ---------------------------------------------------------------------- evaluation helpers
 def auc(y: np.ndarray, s: np.ndarray) -> float | None:
     """ROC AUC (ties averaged); None when only one class is present."""
-    import pandas as pd
-
-    y = np.asarray(y).astype(bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return None
-    r = pd.Series(np.asarray(s, np.float64)).rank(method="average").to_numpy()
-    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return roc_auc(y, s)
 
 
 def auc_per_task(labels: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float | None]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dualrec.config import DualRecConfig
+from dualrec.config import DualRecConfig, step_seed
 from dualrec.lake import Lake, LakeError, parse_date
 from schemas.validate import BadInputError
 
@@ -51,9 +51,7 @@ class StageContext:
 
     def seed(self, step: str) -> int:
         """Deterministic per-step seed from the config seed, the date and the step name."""
-        import zlib
-
-        return (self.cfg.seed * 1_000_003 + self.day.toordinal() * 7919 + zlib.crc32(step.encode())) % (2**31 - 1)
+        return step_seed(self.cfg.seed, self.day, step)
 
 
 def setup_logging(verbose: bool = False) -> None:
