@@ -69,21 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(SparkConfig(master=args.master, driver_memory=args.driver_memory, shuffle_partitions=8))
     names = A.feature_names(acfg.lookback_days)
     total0 = time.time()
-    with step("features (train, collect)"):
-        targets = A.training_target_days(lake, day, acfg.train_target_days)
-        daily = A.load_daily(
-            spark, lake, date_range(targets[0] - dt.timedelta(days=acfg.lookback_days), day)
-        ).persist()
-        data = A.collect_training(
-            A.training_frame(spark, lake, targets, acfg.lookback_days, daily),
-            names,
-            acfg.max_train_rows,
-            seed=1,
-            targets=targets,
-        )
+    targets = A.training_target_days(lake, day, acfg.train_target_days)
+    window = date_range(targets[0] - dt.timedelta(days=acfg.lookback_days), day)
+    with step(f"per-day aggregates ({len(window)} d)"):
+        daily = A.load_daily(spark, lake, window).persist()
+        daily_rows = daily.count()
+    with step("training features + collect"):
+        train_df, counts = A.training_frame(spark, lake, targets, acfg.lookback_days, daily, acfg.max_train_rows, seed=1)
+        data = A.collect_training(train_df, names, acfg.max_train_rows, counts)
     with step("train xgboost"):
         model = M.train(data["X_train"], data["y_train"], data["X_valid"], data["y_valid"], names, acfg, seed=2)
-    with step("predict D+1 + policy + write"):
+    with step("serve: features+predict+write"):
         feats = A.features_for_target(spark, lake, day + dt.timedelta(days=1), day, acfg.lookback_days, daily)
         scores = A.predict_scores(spark, feats, model.model_bytes(), names).persist()
         out, n_top = A.apply_policy(scores, acfg, A.count_items(lake, day), cfg.dispatch.L, cfg.dispatch.Q)
@@ -94,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "day": day.isoformat(),
         "train_target_days": [t.isoformat() for t in targets],
-        "rows_available_for_training": data["n_rows"],
+        "per_day_aggregate_rows": daily_rows,
+        "rows_available_for_training": {("valid" if k else "train"): v for k, v in data["n_rows"].items()},
         "n_train": model.manifest["n_train"],
         "n_valid": model.manifest["n_valid"],
         "valid_auc": model.manifest["auc"],
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_n": n_top,
         "seconds": TIMES,
         "total_seconds": round(total, 2),
-        "users_per_second_predict": round(n_users / max(TIMES["predict D+1 + policy + write"], 1e-9)),
+        "users_per_second_serve": round(n_users / max(TIMES["serve: features+predict+write"], 1e-9)),
     }
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -6,6 +6,13 @@ function builds training rows (target t <= D, label = "user in visits dt=t") and
 serving rows (target D + 1, features from dt <= D), so there is no train/serve skew and no
 way for a job of day D to look at D + 1.
 
+How it scales (``benchmarks/activity.py``): visits and interactions are reduced once to one
+row per (user, day) (:func:`load_daily`); the training sample is drawn on the users side by
+a hash rank BEFORE any feature is built (:func:`training_frame`); and all target days come
+out of one pass that gathers each user's history into a list and computes every window with
+prefix sums in NumPy (:func:`features_from_users`, :func:`feature_kernel`), instead of one
+40-column aggregation per target day.
+
 Availability policies (``ActivityConfig.policy``), turning p_active into a_u:
 
 * ``"probability"``: a_u = 1 iff p_active >= ``probability_threshold``. Simple, but the
@@ -27,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,95 +75,222 @@ def history_window(target_day: dt.date, lookback: int) -> list[dt.date]:
 def load_daily(spark, lake: Lake, days: Iterable[dt.date]):
     """Per (user_id, dt) activity aggregates over ``days`` (absent partitions simply absent).
 
-    Interactions are reduced to one row per user and day first, so building several target
-    days' features from one cached frame is cheap.
+    Visits and interactions are mapped to one common row shape and reduced by a single
+    ``groupBy(user_id, dt)`` (no join: one shuffle, with map-side partial aggregation), so
+    building several target days' features from one cached frame is cheap.
     """
     from pyspark.sql import functions as F
 
     days = [parse_date(d) for d in days]
+    zero = F.lit(0.0)
     visits = lake.read_df(spark, "visits", days).select(
-        "user_id", "dt", "sessions", "watch_ms", F.lit(1).cast("int").alias("visited")
-    )
-    inter = (
-        lake.read_df(spark, "interactions", days)
-        .groupBy("user_id", "dt")
-        .agg(
-            F.count(F.lit(1)).alias("impressions"),
-            F.sum("play_time_ms").alias("play_time_ms"),
-            *(F.sum(F.col(f"is_{t}").cast("long")).alias(f"fb_{t}") for t in FEEDBACK_TYPES),
-        )
-    )
-    daily = visits.join(inter, ["user_id", "dt"], "full")
-    return daily.select(
         "user_id",
         "dt",
-        *(F.coalesce(F.col(c).cast("double"), F.lit(0.0)).alias(c) for c in ("visited", *_COUNT_COLUMNS)),
+        F.lit(1.0).alias("visited"),
+        F.col("sessions").cast("double").alias("sessions"),
+        F.col("watch_ms").cast("double").alias("watch_ms"),
+        *(zero.alias(c) for c in _COUNT_COLUMNS if c not in ("sessions", "watch_ms")),
+    )
+    inter = lake.read_df(spark, "interactions", days).select(
+        "user_id",
+        "dt",
+        zero.alias("visited"),
+        zero.alias("sessions"),
+        zero.alias("watch_ms"),
+        F.lit(1.0).alias("impressions"),
+        F.col("play_time_ms").cast("double").alias("play_time_ms"),
+        *(F.col(f"is_{t}").cast("double").alias(f"fb_{t}") for t in FEEDBACK_TYPES),
+    )
+    return (
+        visits.unionByName(inter)
+        .groupBy("user_id", "dt")
+        .agg(F.max("visited").alias("visited"), *(F.sum(c).alias(c) for c in _COUNT_COLUMNS))
     )
 
 
-def features_from_daily(daily, users, target_day: dt.date, lookback: int = 30):
-    """Feature rows for every user of ``users`` for ``target_day`` from per-day aggregates.
+def target_users(spark, lake: Lake, pairs: Sequence[tuple[dt.date, dt.date]]):
+    """(user_id, target_dt, tenure_days, profile...) for each (target t, users snapshot day) pair.
 
-    Only rows with dt in [t - lookback, t - 1] are used, whatever ``daily`` holds, so a
-    superset frame cannot leak the target day or later. Users without history get zeros,
-    ``days_since_last_visit`` = lookback + 1 (the cap), never NaN.
+    One row per user of the snapshot per target, so users without any history still get a
+    feature row. Checks point-in-time: the snapshot must be strictly before t.
     """
+    frames = []
+    for t, ud in pairs:
+        if ud >= t:
+            raise ValueError(f"users snapshot dt={ud} is not before target day {t} (point-in-time)")
+        lake.require_partition("users", ud, "activity")
+        users = lake.read_df(spark, "users", [ud], with_dt=False)
+        frames.append(users_for_target(users, t))
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
+
+
+def users_for_target(users, target_day: dt.date):
+    """Attach ``target_dt`` and the snapshot-derived features (tenure, profile) to a users frame."""
     from pyspark.sql import functions as F
 
     t = parse_date(target_day)
-    lo = t - dt.timedelta(days=lookback)
-    hi = t - dt.timedelta(days=1)
-    cap = float(lookback + 1)
-    w = daily.filter((F.col("dt") >= F.lit(lo)) & (F.col("dt") <= F.lit(hi))).withColumn(
-        "d", F.datediff(F.lit(t), F.col("dt"))
-    )
-    visited = F.col("visited") > 0
-    agg = w.groupBy("user_id").agg(
-        *(F.max(F.when(visited & (F.col("d") == k), 1.0).otherwise(0.0)).alias(f"act_d{k}") for k in range(1, lookback + 1)),
-        F.sum(F.when(visited & (F.col("d") <= 7), 1.0).otherwise(0.0)).alias("active_days_7"),
-        F.sum(F.when(visited, 1.0).otherwise(0.0)).alias("active_days"),
-        *(F.sum(c).alias(c) for c in _COUNT_COLUMNS),
-        F.min(F.when(visited, F.col("d"))).cast("double").alias("days_since_last_visit"),
-    )
-    u = users.select("user_id", "register_dt", *PROFILE_COLUMNS)
-    j = u.join(agg, "user_id", "left")
-    zero_cols = [f"act_d{k}" for k in range(1, lookback + 1)] + ["active_days_7", "active_days", *_COUNT_COLUMNS]
-    cols = [F.col("user_id")]
-    cols += [F.coalesce(F.col(c), F.lit(0.0)).alias(c) for c in zero_cols]
-    cols.append(F.coalesce(F.col("days_since_last_visit"), F.lit(cap)).alias("days_since_last_visit"))
-    cols.append(
+    return users.select(
+        "user_id",
+        F.lit(t).alias("target_dt"),
         F.greatest(F.coalesce(F.datediff(F.lit(t), F.col("register_dt")), F.lit(0)), F.lit(0))
         .cast("double")
-        .alias("tenure_days")
+        .alias("tenure_days"),
+        *(F.coalesce(F.col(c).cast("double"), F.lit(0.0)).alias(c) for c in PROFILE_COLUMNS),
     )
-    cols += [F.coalesce(F.col(c).cast("double"), F.lit(0.0)).alias(c) for c in PROFILE_COLUMNS]
-    cols.append(F.lit(float(t.weekday())).alias("dow"))  # 0 = Monday, of the TARGET day
-    return j.select(*cols).select("user_id", *feature_names(lookback))
 
 
-def features_for_target(spark, lake: Lake, target_day, users_day, lookback: int = 30, daily=None):
-    """Point-in-time features of every user in ``users`` dt=``users_day`` for ``target_day``.
-
-    Used for training (target t, users_day t - 1) and serving (target D + 1, users_day D).
-    Reads only partitions in [t - lookback, t - 1] (unless a pre-built ``daily`` frame is
-    passed, which is then filtered to that window). Raises :class:`BadInputError` when the
-    window has no ``visits`` partition at all: a date with no prior history.
-    """
-    t = parse_date(target_day)
-    ud = parse_date(users_day)
-    if ud >= t:
-        raise ValueError(f"users snapshot dt={ud} is not before target day {t} (point-in-time)")
+def _check_history(lake: Lake, t: dt.date, lookback: int) -> None:
     window = history_window(t, lookback)
     if not any(lake.has_partition("visits", d) for d in window):
         raise BadInputError(
             f"table 'visits': no partition in dt={window[0]}..{window[-1]}, so target day {t} "
             f"has no prior history to compute activity features from"
         )
-    lake.require_partition("users", ud, "activity")
+
+
+def features_from_users(daily, tusers, lookback: int = 30, targets: Sequence[dt.date] | None = None):
+    """Feature rows for every (user_id, target_dt) row of ``tusers`` from per-day aggregates.
+
+    All target days are computed in ONE pass: the history of each user over the span
+    [min target - lookback, max target - 1] is gathered into one list per user, and a
+    vectorised NumPy kernel (:func:`feature_kernel`, inside ``mapInArrow``) turns it into
+    one row per target. For target t only days [t - lookback, t - 1] are used, whatever
+    ``daily`` holds, so a superset frame cannot leak the target day or later. Users without
+    history get zeros and ``days_since_last_visit`` = lookback + 1 (the cap), never NaN.
+
+    ``tusers`` is the output of :func:`users_for_target` (possibly a union over targets,
+    possibly sampled); ``targets`` lists its target days (looked up when not given).
+    Returns ``user_id, target_dt, *feature_names(lookback)``.
+    """
+    from pyspark.sql import functions as F
+
+    if targets is None:
+        targets = [r[0] for r in tusers.select("target_dt").distinct().collect()]
+    targets = sorted(parse_date(t) for t in targets)
+    names = feature_names(lookback)
+    schema = ", ".join(["user_id long", "target_dt date"] + [f"{c} double" for c in names])
+    if not targets:
+        return tusers.sparkSession.createDataFrame([], schema)
+    span_start = targets[0] - dt.timedelta(days=lookback)
+    span_days = (targets[-1] - span_start).days
+    hist = (
+        daily.filter((F.col("dt") >= F.lit(span_start)) & (F.col("dt") < F.lit(targets[-1])))
+        .select(
+            "user_id",
+            F.datediff(F.col("dt"), F.lit(span_start)).alias("i"),
+            F.when(F.col("visited") > 0, 1.0).otherwise(0.0).alias("visited"),
+            *_COUNT_COLUMNS,
+        )
+        .groupBy("user_id")
+        .agg(F.collect_list(F.struct("i", "visited", *_COUNT_COLUMNS)).alias("h"))
+    )
+    per_user = tusers.select(
+        "user_id",
+        F.datediff(F.col("target_dt"), F.lit(span_start)).alias("T"),
+        "tenure_days",
+        *PROFILE_COLUMNS,
+    ).groupBy("user_id").agg(F.collect_list(F.struct("T", "tenure_days", *PROFILE_COLUMNS)).alias("u"))
+    joined = per_user.join(hist, "user_id", "left")
+    epoch_start = (span_start - dt.date(1970, 1, 1)).days
+
+    def _kernel(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            if b.num_rows:
+                yield feature_kernel(b, span_days, epoch_start, lookback)
+
+    return joined.mapInArrow(_kernel, schema)
+
+
+def _list_rows(col: pa.Array) -> tuple[np.ndarray, pa.StructArray]:
+    """Row index of every element of a list column (null lists count as empty), and the elements."""
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    return np.repeat(np.arange(len(col)), lengths), col.flatten()
+
+
+def feature_kernel(batch: pa.RecordBatch, span_days: int, epoch_start: int, lookback: int) -> pa.RecordBatch:
+    """NumPy core of :func:`features_from_users` for one Arrow batch of users.
+
+    ``batch`` has ``user_id``, ``u`` (list of (T, tenure_days, profile...): one entry per
+    target, T = target index in the span) and ``h`` (list of (i, visited, counts...): one
+    entry per day with activity, i = day index in the span; may be null). Day i of the span
+    is epoch day ``epoch_start + i``. Sums over a window use prefix sums in float64, which
+    are exact for the integer counts involved (< 2^53).
+    """
+    n = batch.num_rows
+    uid = batch.column("user_id").to_numpy()
+    h_rows, h = _list_rows(batch.column("h"))
+    C = len(_COUNT_COLUMNS)
+    vals = np.zeros((n, span_days, C + 1), np.float64)  # [..., 0] = visited, [..., 1:] = counts
+    if len(h):
+        i = h.field("i").to_numpy(zero_copy_only=False).astype(np.int64)
+        ok = (i >= 0) & (i < span_days)
+        flat = h_rows[ok] * span_days + i[ok]
+        for k, c in enumerate(("visited", *_COUNT_COLUMNS)):
+            w = h.field(c).to_numpy(zero_copy_only=False)[ok]
+            vals[:, :, k] = np.bincount(flat, weights=w, minlength=n * span_days).reshape(n, span_days)
+    prefix = np.zeros((n, span_days + 1, C + 1), np.float64)
+    np.cumsum(vals, axis=1, out=prefix[:, 1:, :])
+    visited = vals[:, :, 0] > 0
+
+    r, u = _list_rows(batch.column("u"))
+    T = u.field("T").to_numpy(zero_copy_only=False).astype(np.int64)
+    ks = np.arange(1, lookback + 1)
+    act = visited[r[:, None], T[:, None] - ks[None, :]].astype(np.float64)  # act[:, k-1] = act_dk
+    sums = prefix[r, T, 1:] - prefix[r, T - lookback, 1:]
+    any_visit = act.any(axis=1)
+    dsl = np.where(any_visit, np.argmax(act > 0, axis=1) + 1, lookback + 1).astype(np.float64)
+    epoch_day = epoch_start + T
+    cols: dict[str, np.ndarray] = {f"act_d{k}": act[:, k - 1] for k in ks}
+    cols["active_days_7"] = act[:, : min(7, lookback)].sum(axis=1)
+    cols["active_days"] = act.sum(axis=1)
+    for k, c in enumerate(_COUNT_COLUMNS):
+        cols[c] = sums[:, k]
+    cols["days_since_last_visit"] = dsl
+    cols["tenure_days"] = u.field("tenure_days").to_numpy(zero_copy_only=False)
+    for c in PROFILE_COLUMNS:
+        cols[c] = u.field(c).to_numpy(zero_copy_only=False)
+    cols["dow"] = ((epoch_day + 3) % 7).astype(np.float64)  # 1970-01-01 was a Thursday; 0 = Monday
+    names = feature_names(lookback)
+    arrays = [pa.array(uid[r], pa.int64()), pa.array(epoch_day.astype(np.int32), pa.date32())]
+    arrays += [pa.array(np.asarray(cols[c], np.float64), pa.float64()) for c in names]
+    return pa.RecordBatch.from_arrays(arrays, ["user_id", "target_dt", *names])
+
+
+def features_from_daily(daily, users, target_day: dt.date, lookback: int = 30):
+    """Features of every user of one ``users`` snapshot for ``target_day`` (see :func:`features_from_users`)."""
+    return features_from_users(daily, users_for_target(users, target_day), lookback).drop("target_dt")
+
+
+def features_for_targets(spark, lake: Lake, pairs: Sequence[tuple], lookback: int = 30, daily=None):
+    """Point-in-time features for several (target day, users snapshot day) pairs in one pass.
+
+    Used for training (target t, users_day t - 1) and serving (target D + 1, users_day D).
+    Reads only partitions in [min t - lookback, max t - 1] (a pre-built ``daily`` frame is
+    filtered per target). Raises :class:`BadInputError` when a target's window has no
+    ``visits`` partition at all: a date with no prior history.
+    """
+    pairs = [(parse_date(t), parse_date(ud)) for t, ud in pairs]
+    for t, ud in pairs:
+        if ud >= t:
+            raise ValueError(f"users snapshot dt={ud} is not before target day {t} (point-in-time)")
+        _check_history(lake, t, lookback)
+    tusers = target_users(spark, lake, pairs)
+    ts = [t for t, _ in pairs]
     if daily is None:
-        daily = load_daily(spark, lake, window)
-    users = lake.read_df(spark, "users", [ud], with_dt=False)
-    return features_from_daily(daily, users, t, lookback)
+        daily = load_daily(spark, lake, date_range(min(ts) - dt.timedelta(days=lookback), max(ts) - dt.timedelta(days=1)))
+    return features_from_users(daily, tusers, lookback, ts)
+
+
+def features_for_target(spark, lake: Lake, target_day, users_day, lookback: int = 30, daily=None):
+    """Point-in-time features of every user in ``users`` dt=``users_day`` for ``target_day``."""
+    return features_for_targets(spark, lake, [(target_day, users_day)], lookback, daily).drop("target_dt")
 
 
 def training_target_days(lake: Lake, day, n: int, max_scan: int = 60) -> list[dt.date]:
@@ -182,35 +316,8 @@ def training_target_days(lake: Lake, day, n: int, max_scan: int = 60) -> list[dt
     return sorted(out)
 
 
-def training_frame(spark, lake: Lake, targets: list[dt.date], lookback: int = 30, daily=None):
-    """Union over target days of features (users snapshot t - 1) + label (in visits dt=t)."""
-    from pyspark.sql import functions as F
-
-    frames = []
-    for t in targets:
-        feats = features_for_target(spark, lake, t, t - dt.timedelta(days=1), lookback, daily)
-        labels = lake.read_df(spark, "visits", [t], with_dt=False, required=True).select(
-            "user_id", F.lit(1.0).alias("label")
-        ).distinct()
-        frames.append(
-            feats.join(labels, "user_id", "left")
-            .withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
-            .withColumn("target_dt", F.lit(t))
-        )
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
-    return out
-
-
-def collect_training(df, names: list[str], max_rows: int, seed: int, targets: list[dt.date]) -> dict[str, Any]:
-    """Bring a deterministic sample of the training frame to the driver as NumPy arrays.
-
-    Each row gets r = hash(user_id, target_dt, seed) mod 2^31; a split keeps its
-    ``max_rows`` rows with the smallest r (Spark pre-filters with a margin so only a little
-    more than needed is collected). Rows of the latest target day are the early-stopping
-    set; if it is the only target day, a hashed fifth of its users is held out instead.
-    """
+def _sample_columns(df, targets: list[dt.date], seed: int):
+    """``_r`` (deterministic hash rank of (user, target, seed)) and ``_valid`` (early-stopping split)."""
     from pyspark.sql import functions as F
 
     r = F.pmod(F.xxhash64("user_id", "target_dt", F.lit(int(seed))), F.lit(2**31))
@@ -218,30 +325,80 @@ def collect_training(df, names: list[str], max_rows: int, seed: int, targets: li
         is_valid = F.pmod(F.xxhash64("user_id", F.lit(int(seed) + 1)), F.lit(5)) == 0
     else:
         is_valid = F.col("target_dt") == F.lit(max(targets))
-    df = df.withColumn("_r", r).withColumn("_valid", is_valid).persist()
-    counts = {bool(row["_valid"]): int(row["count"]) for row in df.groupBy("_valid").count().collect()}
+    return df.withColumn("_r", r).withColumn("_valid", is_valid)
+
+
+def training_frame(
+    spark, lake: Lake, targets: list[dt.date], lookback: int = 30, daily=None, max_rows: int | None = None, seed: int = 0
+):
+    """Features (users snapshot t - 1) + label (user in visits dt=t) for every target day t.
+
+    With ``max_rows``, each split (train: all but the latest target; valid: the latest) is
+    sampled BEFORE features are computed: a row is kept when its hash rank ``_r`` is below a
+    threshold set to ~1.1 x max_rows / split size, so features are only built for a little
+    more than what :func:`collect_training` keeps. Returns (frame, rows per split before
+    sampling as {is_valid: count}).
+    """
+    from pyspark.sql import functions as F
+
+    targets = sorted(parse_date(t) for t in targets)
+    pairs = [(t, t - dt.timedelta(days=1)) for t in targets]
+    for t, _ in pairs:
+        _check_history(lake, t, lookback)
+    if daily is None:
+        daily = load_daily(spark, lake, date_range(targets[0] - dt.timedelta(days=lookback), targets[-1] - dt.timedelta(days=1)))
+    tusers = _sample_columns(target_users(spark, lake, pairs), targets, seed)
+    counts = {bool(row["_valid"]): int(row["count"]) for row in tusers.groupBy("_valid").count().collect()}
+    if max_rows:
+        keep = F.lit(False)
+        for valid in (False, True):
+            n = counts.get(valid, 0)
+            frac = 1.0 if n <= max_rows else min(1.0, 1.1 * max_rows / n + 1e-4)
+            keep = keep | ((F.col("_valid") == F.lit(valid)) & (F.col("_r") < F.lit(int(frac * 2**31))))
+        tusers = tusers.filter(keep)
+    feats = features_from_users(daily, tusers.drop("_r", "_valid"), lookback, targets)
+    labels = None
+    for t in targets:
+        lab = lake.read_df(spark, "visits", [t], with_dt=False, required=True).select(
+            "user_id", F.lit(t).alias("target_dt"), F.lit(1.0).alias("label")
+        )
+        labels = lab if labels is None else labels.unionByName(lab)
+    out = (
+        feats.join(labels.distinct(), ["user_id", "target_dt"], "left")
+        .withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
+    )
+    return _sample_columns(out, targets, seed), counts
+
+
+def collect_training(df, names: list[str], max_rows: int, counts: dict[bool, int] | None = None) -> dict[str, Any]:
+    """Bring the (pre-sampled) training frame to the driver as NumPy arrays.
+
+    Each split keeps its ``max_rows`` rows with the smallest hash rank ``_r`` (ties by
+    target day and user), so the sample does not depend on partitioning or row order. Rows
+    of the latest target day are the early-stopping set; if it is the only target day, a
+    hashed fifth of its users is held out instead (see :func:`training_frame`).
+    """
+    tbl = df.select("_r", "_valid", "user_id", "target_dt", "label", *names).toArrow()
+    valid_col = tbl.column("_valid").to_numpy(zero_copy_only=False).astype(bool)
+    r_np = tbl.column("_r").to_numpy()
+    uid = tbl.column("user_id").to_numpy()
+    tgt = tbl.column("target_dt").cast(pa.int32()).to_numpy()
+    X_all = np.column_stack([tbl.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in names]) if len(
+        tbl
+    ) else np.zeros((0, len(names)), np.float32)
+    y_all = tbl.column("label").to_numpy()
     parts = {}
     for valid in (False, True):
-        n = counts.get(valid, 0)
-        frac = 1.0 if n <= max_rows else min(1.0, 1.1 * max_rows / n + 1e-4)
-        sub = df.filter(F.col("_valid") == F.lit(valid))
-        if frac < 1.0:
-            sub = sub.filter(F.col("_r") < F.lit(int(frac * 2**31)))
-        tbl = sub.select("_r", "user_id", "target_dt", "label", *names).toArrow()
-        r_np = tbl.column("_r").to_numpy()
-        uid = tbl.column("user_id").to_numpy()
-        tgt = tbl.column("target_dt").cast(pa.int32()).to_numpy()
-        order = np.lexsort((uid, tgt, r_np))[:max_rows]
-        X = np.column_stack([tbl.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in names])
-        parts[valid] = (X[order] if X.size else np.zeros((0, len(names)), np.float32), tbl.column("label").to_numpy()[order])
-        log.info("activity training %s rows: %d of %d", "valid" if valid else "train", len(order), n)
-    df.unpersist()
+        idx = np.flatnonzero(valid_col == valid)
+        order = idx[np.lexsort((uid[idx], tgt[idx], r_np[idx]))][:max_rows]
+        parts[valid] = (X_all[order], y_all[order])
+        log.info("activity training %s rows: %d of %s", "valid" if valid else "train", len(order), (counts or {}).get(valid))
     return {
         "X_train": parts[False][0],
         "y_train": parts[False][1],
         "X_valid": parts[True][0],
         "y_valid": parts[True][1],
-        "n_rows": counts,
+        "n_rows": counts if counts is not None else {v: int((valid_col == v).sum()) for v in (False, True)},
     }
 
 
@@ -389,7 +546,10 @@ __all__ = [
     "count_items",
     "demand_top_n",
     "feature_names",
+    "feature_kernel",
     "features_for_target",
+    "features_for_targets",
+    "features_from_users",
     "features_from_daily",
     "history_window",
     "load_daily",

@@ -32,8 +32,10 @@ def run(ctx: StageContext) -> dict:
     # one cached per-(user, day) frame over every day any target (and the serving day) may read
     daily = A.load_daily(spark, lake, date_range(targets[0] - dt.timedelta(days=lookback), day)).persist()
     try:
-        train_df = A.training_frame(spark, lake, targets, lookback, daily)
-        data = A.collect_training(train_df, names, acfg.max_train_rows, ctx.seed("activity.sample"), targets)
+        train_df, counts = A.training_frame(
+            spark, lake, targets, lookback, daily, acfg.max_train_rows, ctx.seed("activity.sample")
+        )
+        data = A.collect_training(train_df, names, acfg.max_train_rows, counts)
         model = M.train(
             data["X_train"], data["y_train"], data["X_valid"], data["y_valid"], names, acfg, ctx.seed("activity.xgb")
         )

@@ -186,6 +186,43 @@ def test_date_with_no_prior_history_is_a_clear_error(spark, five_user_lake):
     )
 
 
+def test_one_pass_over_several_targets_equals_one_target_at_a_time(spark, tmp_path):
+    """The multi-target kernel must give each target exactly its own window's features."""
+    lake = _world(tmp_path, n_users=60, days=10)
+    targets = [D0 + dt.timedelta(days=k) for k in (3, 6, 9)]
+    pairs = [(t, t - dt.timedelta(days=1)) for t in targets]
+    together = {(r["user_id"], r["target_dt"]): r.asDict() for r in A.features_for_targets(spark, lake, pairs).collect()}
+    assert len(together) == 60 * 3
+    for t, ud in pairs:
+        alone = _rows(A.features_for_target(spark, lake, t, ud))
+        for u, row in alone.items():
+            assert {k: v for k, v in together[(u, t)].items() if k != "target_dt"} == row
+    # a hand-computed row: user 1, last target
+    vis = {d: set(lake.read_table("visits", d, columns=["user_id"]).column("user_id").to_pylist()) for d in date_range(D0, targets[-1])}
+    acts = [float(1 in vis.get(targets[-1] - dt.timedelta(days=k), set())) for k in range(1, 31)]
+    row = together[(1, targets[-1])]
+    assert [row[f"act_d{k}"] for k in range(1, 31)] == acts
+    assert row["active_days"] == sum(acts) and row["impressions"] == 2 * sum(acts)
+    assert row["days_since_last_visit"] == (acts.index(1.0) + 1 if 1.0 in acts else 31)
+
+
+def test_training_sample_is_taken_before_features_and_matches_the_full_ranking(spark, tmp_path):
+    """Pre-sampling by hash rank must keep exactly the rows a full sort by rank would keep."""
+    lake = _world(tmp_path, n_users=300, days=8)
+    targets = A.training_target_days(lake, D0 + dt.timedelta(days=7), 3)
+    names = A.feature_names(30)
+    full_df, counts = A.training_frame(spark, lake, targets, max_rows=None, seed=4)
+    assert counts == {False: 600, True: 300}
+    small_df, counts2 = A.training_frame(spark, lake, targets, max_rows=100, seed=4)
+    assert counts2 == counts and small_df.count() < full_df.count()
+    full = A.collect_training(full_df, names, 100, counts)
+    small = A.collect_training(small_df, names, 100, counts2)
+    assert full["X_train"].shape == (100, len(names)) and full["X_valid"].shape == (100, len(names))
+    for k in ("X_train", "y_train", "X_valid", "y_valid"):
+        np.testing.assert_array_equal(full[k], small[k])
+    assert 0 < small["y_train"].mean() < 1
+
+
 # ---------------------------------------------------------------------- policy
 def test_demand_top_n():
     assert A.demand_top_n(100, 200, 10, 3.0) == 6000
