@@ -133,6 +133,9 @@ class RetrievalConfig:
     # driver 3.7 s (createDataFrame of 958k rows dominates) vs mapInArrow 1.5 s, hence 0 by default.
     two_tower_driver_max_items: int = 0
     search_batch: int = 1024  # item queries per FAISS call
+    # drop (item, user) pairs where the user already interacted with the item before the
+    # item's micro-batch cutoff: they would spend a dispatch slot on an item already seen
+    exclude_seen: bool = True
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Stage ``retrieve``: every enabled channel for the items uploaded on D, merged -> ``candidates``.
 
 Reads ``items`` dt=D (micro-batch of each item from its upload time), ``activity_scores`` dt=D
-(available users) and whatever each channel needs; writes ``candidates`` dt=D with one row per
-(item, user), each channel's score and the list of channels that found the pair.
+(available users), ``interactions`` dt=D (pairs already seen before the item's batch cutoff are
+dropped, ``retrieval.exclude_seen``) and whatever each channel needs; writes ``candidates`` dt=D
+with one row per (item, user), each channel's score and the list of channels that found the pair.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def run(ctx: StageContext) -> dict:
 
     from pyspark.sql import functions as F
 
-    from dualrec.channels.base import available_users, channel_names, channel_shares, get_channel, mix
+    from dualrec.channels.base import available_users, channel_names, channel_shares, get_channel, mix, seen_pairs
 
     names = channel_names(ctx.cfg)
     items = day_items(ctx).cache()
@@ -43,7 +44,8 @@ def run(ctx: StageContext) -> dict:
         df.count()  # materialise here so the timing belongs to the channel
         outs[name] = df
         seconds[name] = round(time.time() - t0, 3)
-    merged = mix(outs, items, avail, names)
+    seen = seen_pairs(ctx, items).cache() if ctx.cfg.retrieval.exclude_seen else None
+    merged = mix(outs, items, avail, names, exclude_df=seen)
     ctx.lake.write_df(merged, "candidates", ctx.day, coalesce=4)
     cand = ctx.lake.read_df(ctx.spark, "candidates", [ctx.day], with_dt=False)
     per_channel = {
@@ -59,11 +61,14 @@ def run(ctx: StageContext) -> dict:
         "items_by_channel": {n: int(r["i"]) for n, r in per_channel.items()},
         "channel_share": channel_shares(cand),
         "channel_seconds": seconds,
+        "seen_pairs_excluded_at_most": seen.count() if seen is not None else 0,
     }
     for df in outs.values():
         df.unpersist()
     items.unpersist()
     avail.unpersist()
+    if seen is not None:
+        seen.unpersist()
     log.info("retrieve %s: %s", ctx.day, stats)
     return stats
 

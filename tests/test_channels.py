@@ -231,6 +231,30 @@ def test_mixer_provenance_and_available_filter(lake, spark):
     assert sum(shares.values()) == pytest.approx(1.0)
 
 
+def test_pairs_seen_before_the_batch_cutoff_are_not_candidates(lake, spark, tmp_path):
+    from schemas.tables import arrow_schema
+
+    from dualrec.channels.base import available_users, seen_pairs
+
+    items = _items_df(_ctx(lake, spark))
+    seen_lake = Lake(str(tmp_path / "seen"))
+    # item 100 is in batch 0 (cutoff 06:00), item 102 in batch 3 (cutoff 24:00)
+    rows = [(1, 100, ts(D, 5)), (2, 100, ts(D, 7)), (7, 102, ts(D, 21)), (9, 101, ts(D, 19))]
+    schema = arrow_schema("interactions")
+    cols = {"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "ts": [r[2] for r in rows]}
+    cols.update({f.name: [0] * len(rows) for f in schema if f.name.startswith("is_")})
+    cols["play_time_ms"] = [1000] * len(rows)
+    seen_lake.write_table("interactions", D, pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}))
+    ctx = _ctx(seen_lake, spark)
+    seen = seen_pairs(ctx, items)
+    # user 2 and user 9 interacted after their item's cutoff (101 is batch 2, cutoff 18:00)
+    assert sorted(map(tuple, seen.collect())) == [(100, 1), (102, 7)]
+    mk = lambda rows: spark.createDataFrame(rows, "item_id long, user_id long, score float")  # noqa: E731
+    outs = {"two_tower": mk([(100, 1, 0.5), (100, 2, 0.4), (102, 7, 0.3), (102, 8, 0.2)])}
+    kept = {(r["item_id"], r["user_id"]) for r in mix(outs, items, available_users(_ctx(lake, spark)), exclude_df=seen).collect()}
+    assert kept == {(100, 2), (102, 8)}
+
+
 def test_retrieve_job_writes_candidates(lake, spark):
     from jobs.retrieve import run
 

@@ -90,6 +90,26 @@ def available_users(ctx):
     return df.where(F.col("available")).select("user_id").distinct()
 
 
+def seen_pairs(ctx, items_df):
+    """(item_id, user_id) of D's new items that the user already interacted with before the
+    item's micro-batch cutoff, i.e. what the dispatcher can know at dispatch time.
+
+    Dispatching an item to a user who has already seen it wastes one of that user's Q slots,
+    so :func:`mix` drops these pairs (``retrieval.exclude_seen``). Later interactions are not
+    visible at the cutoff and are not used.
+    """
+    from pyspark.sql import functions as F
+
+    cut = with_cutoff(items_df, ctx.day, ctx.cfg.dispatch.batches_per_day).select("item_id", "cutoff")
+    inter = ctx.lake.read_df(ctx.spark, "interactions", [ctx.day], with_dt=False).select("item_id", "user_id", "ts")
+    return (
+        inter.join(F.broadcast(cut), "item_id")
+        .where(F.col("ts") < F.col("cutoff"))
+        .select("item_id", "user_id")
+        .distinct()
+    )
+
+
 def top_k_per_item(scored, k: int):
     """Keep the K best users per item (ties broken by user_id, so the result is deterministic)."""
     from pyspark.sql import Window
@@ -109,8 +129,15 @@ def score_columns(channels: list[str]) -> list[str]:
     return contract + extra
 
 
-def mix(channel_dfs: dict[str, Any], items_df, available_df, channel_order: list[str] | None = None):
-    """Merge channel outputs per (item, user) with provenance, keeping only available users.
+def mix(
+    channel_dfs: dict[str, Any],
+    items_df,
+    available_df,
+    channel_order: list[str] | None = None,
+    exclude_df=None,
+):
+    """Merge channel outputs per (item, user) with provenance, keeping only available users
+    and dropping the (item_id, user_id) pairs of ``exclude_df`` (e.g. :func:`seen_pairs`).
 
     Output: batch, item_id, user_id, score_<channel> (null when that channel did not find the
     pair), channels (list of the channels that found it, in ``channel_order``).
@@ -135,6 +162,8 @@ def mix(channel_dfs: dict[str, Any], items_df, available_df, channel_order: list
     prov = F.array(*[F.when(F.col(f"score_{n}").isNotNull(), F.lit(n)) for n in order])
     merged = merged.withColumn("channels", F.filter(prov, lambda x: x.isNotNull()))
     merged = merged.join(available_df.select("user_id"), "user_id", "left_semi")
+    if exclude_df is not None:
+        merged = merged.join(exclude_df.select("item_id", "user_id"), ["item_id", "user_id"], "left_anti")
     merged = merged.join(items_df.select("item_id", F.col("batch").cast("int")), "item_id", "inner")
     return merged.select("batch", "item_id", "user_id", *cols, "channels")
 
