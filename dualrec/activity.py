@@ -277,11 +277,9 @@ def features_for_targets(spark, lake: Lake, pairs: Sequence[tuple], lookback: in
     ``visits`` partition at all: a date with no prior history.
     """
     pairs = [(parse_date(t), parse_date(ud)) for t, ud in pairs]
-    for t, ud in pairs:
-        if ud >= t:
-            raise ValueError(f"users snapshot dt={ud} is not before target day {t} (point-in-time)")
+    for t, _ in pairs:
         _check_history(lake, t, lookback)
-    tusers = target_users(spark, lake, pairs)
+    tusers = target_users(spark, lake, pairs)  # checks point-in-time and the snapshots
     ts = [t for t, _ in pairs]
     if daily is None:
         daily = load_daily(spark, lake, date_range(min(ts) - dt.timedelta(days=lookback), max(ts) - dt.timedelta(days=1)))
