@@ -151,6 +151,16 @@ def _check_history(lake: Lake, t: dt.date, lookback: int) -> None:
         )
 
 
+def _history(spark, lake: Lake, targets: Sequence[dt.date], lookback: int, daily=None):
+    """Check that every target has prior history; the per-day frame covering all their windows."""
+    for t in targets:
+        _check_history(lake, t, lookback)
+    if daily is not None:
+        return daily
+    lo, hi = min(targets) - dt.timedelta(days=lookback), max(targets) - dt.timedelta(days=1)
+    return load_daily(spark, lake, date_range(lo, hi))
+
+
 def features_from_users(daily, tusers, lookback: int = 30, targets: Sequence[dt.date] | None = None):
     """Feature rows for every (user_id, target_dt) row of ``tusers`` from per-day aggregates.
 
@@ -277,12 +287,9 @@ def features_for_targets(spark, lake: Lake, pairs: Sequence[tuple], lookback: in
     ``visits`` partition at all: a date with no prior history.
     """
     pairs = [(parse_date(t), parse_date(ud)) for t, ud in pairs]
-    for t, _ in pairs:
-        _check_history(lake, t, lookback)
-    tusers = target_users(spark, lake, pairs)  # checks point-in-time and the snapshots
     ts = [t for t, _ in pairs]
-    if daily is None:
-        daily = load_daily(spark, lake, date_range(min(ts) - dt.timedelta(days=lookback), max(ts) - dt.timedelta(days=1)))
+    daily = _history(spark, lake, ts, lookback, daily)
+    tusers = target_users(spark, lake, pairs)  # checks point-in-time and the snapshots
     return features_from_users(daily, tusers, lookback, ts)
 
 
@@ -341,10 +348,7 @@ def training_frame(
 
     targets = sorted(parse_date(t) for t in targets)
     pairs = [(t, t - dt.timedelta(days=1)) for t in targets]
-    for t, _ in pairs:
-        _check_history(lake, t, lookback)
-    if daily is None:
-        daily = load_daily(spark, lake, date_range(targets[0] - dt.timedelta(days=lookback), targets[-1] - dt.timedelta(days=1)))
+    daily = _history(spark, lake, targets, lookback, daily)
     tusers = _sample_columns(target_users(spark, lake, pairs), targets, seed)
     counts = {bool(row["_valid"]): int(row["count"]) for row in tusers.groupBy("_valid").count().collect()}
     if max_rows:
@@ -365,6 +369,7 @@ def training_frame(
         feats.join(labels.distinct(), ["user_id", "target_dt"], "left")
         .withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
     )
+    # mapInArrow drops _r/_valid; the hash is recomputed (same seed, same values) for collect_training
     return _sample_columns(out, targets, seed), counts
 
 

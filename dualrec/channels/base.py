@@ -105,8 +105,7 @@ def seen_pairs(ctx, items_df):
     return (
         inter.join(F.broadcast(cut), "item_id")
         .where(F.col("ts") < F.col("cutoff"))
-        .select("item_id", "user_id")
-        .distinct()
+        .select("item_id", "user_id")  # unique: (user_id, item_id) is the interactions key
     )
 
 
