@@ -139,8 +139,8 @@ def cmd_spark(args) -> list[dict]:
     from dualrec.config import DualRecConfig, SparkConfig
     from dualrec.lake import Lake
     from dualrec.spark import get_spark
-    from jobs.common import StageContext
-    from jobs.dispatch import run
+    from dualrec.stages.base import StageContext
+    from dualrec.stages.dispatch import run
 
     n_avail = int(args.items * SIZES["medium"][2] / SIZES["medium"][0])
     e = synthetic_edges(args.items, n_avail, args.cands, args.batches, args.seed)

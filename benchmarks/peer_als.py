@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dualrec import peer_als as P  # noqa: E402
+from benchmarks import als_peer as P  # noqa: E402
 from dualrec.config import DualRecConfig, SparkConfig  # noqa: E402
 from dualrec.lake import Lake, date_range, parse_date  # noqa: E402
 
@@ -68,7 +68,7 @@ def pipeline_seconds(lake: Lake, day: dt.date) -> tuple[float | None, list[str]]
 
 
 def run(args: argparse.Namespace) -> dict:
-    from jobs.common import StageContext
+    from dualrec.stages.base import StageContext
     from dualrec.spark import get_spark
 
     lake = Lake(args.lake)

@@ -178,8 +178,9 @@ def quality(argv: list[str]) -> dict:
     from dualrec.lake import Lake, parse_date
     from dualrec.spark import get_spark
     from dualrec.synth.truth import Truth
-    from jobs import two_tower as job
-    from jobs.common import StageContext, setup_logging
+    from dualrec.stages import two_tower as job
+    from dualrec.stages.base import StageContext
+    from jobs.common import setup_logging
     from models.ann import load_index
     from models.two_tower import item_embeddings, load_two_tower
 

@@ -16,7 +16,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Param
 
 from dualrec.airflow_support import ensure_spark_connection, knob_args, knob_defaults, stage_application
-from dualrec.pipeline import STAGES
+from dualrec.registry import STAGES
 
 CONN_ID = ensure_spark_connection(os.environ.get("DUALREC_SPARK_CONN_ID", "dualrec_spark"))
 START = dt.datetime.fromisoformat(os.environ.get("DUALREC_START_DATE", "2026-01-01")).replace(tzinfo=dt.timezone.utc)

@@ -13,18 +13,9 @@ import json
 from typing import Any
 
 from dualrec.lake import Lake, LakeError, parse_date
+from dualrec.registry import artifact_producer
 
 MANIFEST = "manifest.json"
-
-PRODUCERS: dict[str, str] = {
-    "activity": "activity",
-    "two_tower": "two_tower",
-    "user_index": "two_tower",
-    "item_index": "similarity",
-    "ranker": "rank",
-}
-"""Which stage writes which artefact (named in error messages)."""
-
 
 class ArtifactError(LakeError):
     """A model/index artefact is missing, corrupt or of an unexpected version.
@@ -42,7 +33,7 @@ def read_manifest(lake: Lake, name: str, day: dt.date | str, version: int | None
     day = parse_date(day)
     rel = artifact_rel(name, day)
     path = lake.uri(f"{rel}/{MANIFEST}")
-    stage = PRODUCERS.get(name, name)
+    stage = artifact_producer(name)
     if not lake.is_complete(rel) or not lake.exists(f"{rel}/{MANIFEST}"):
         raise ArtifactError(
             f"artefact {name!r} for dt={day} is missing: {path} (produced by stage {stage!r}; run it for {day})"
@@ -66,7 +57,7 @@ def artifact_file(lake: Lake, name: str, day: dt.date | str, filename: str) -> s
     rel = f"{artifact_rel(name, day)}/{filename}"
     if not lake.exists(rel):
         raise ArtifactError(
-            f"artefact {name!r}: file {lake.uri(rel)} is missing (produced by stage {PRODUCERS.get(name, name)!r})"
+            f"artefact {name!r}: file {lake.uri(rel)} is missing (produced by stage {artifact_producer(name)!r})"
         )
     return lake.fs_path(rel)
 
@@ -76,5 +67,5 @@ def corrupt_error(lake: Lake, name: str, day: dt.date | str, filename: str, err:
     detail = (str(err).strip().splitlines() or [""])[0]  # native libraries append stack traces
     return ArtifactError(
         f"artefact {name!r}: {lake.uri(rel)} cannot be loaded ({type(err).__name__}: {detail}); "
-        f"rerun stage {PRODUCERS.get(name, name)!r} for {parse_date(day)}"
+        f"rerun stage {artifact_producer(name)!r} for {parse_date(day)}"
     )

@@ -36,6 +36,7 @@ import pyarrow.dataset as pads
 
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.lake import Lake, parse_date
+from dualrec.registry import headline_outputs
 from dualrec.stats import roc_auc as stats_roc_auc
 from schemas.tables import RANK_TASKS, arrow_schema
 
@@ -47,14 +48,6 @@ PAPER_HIT_RATE = {"without_activity_model": 0.49, "with_activity_model": 0.82}
 PAPER_RANK_AUC = {"baseline": 0.901, "with_sa_ef": 0.913}
 
 # stage -> the table whose row count measures its throughput
-STAGE_OUTPUT = {
-    "activity": "activity_scores",
-    "two_tower": "user_embeddings",
-    "similarity": "item_similar",
-    "retrieve": "candidates",
-    "rank": "ranked",
-    "dispatch": "match_sets",
-}
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Paired scorer: (user_ids, item_ids) of equal length -> true expected feedback per pair."""
@@ -553,9 +546,9 @@ def cost_figures(lake: Lake, day: dt.date) -> dict[str, Any]:
     """Stage wall times (``_runs/dt=D/stages.json`` by the orchestrator) and rows per second."""
     st = _read_json(lake, f"_runs/dt={day.isoformat()}/stages.json")
     seconds = {str(k): _f(v) for k, v in st.items()} if isinstance(st, dict) else {}
-    rows = {t: _rows(lake, t, day) for t in STAGE_OUTPUT.values()}
+    rows = {t: _rows(lake, t, day) for t in headline_outputs().values()}
     rps = {}
-    for stage, table in STAGE_OUTPUT.items():
+    for stage, table in headline_outputs().items():
         s, n = seconds.get(stage), rows.get(table)
         if s and n is not None:
             rps[stage] = _f(n / s)

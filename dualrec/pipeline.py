@@ -1,4 +1,4 @@
-"""Running whole days: ``dualrec run``, ``dualrec backfill`` and the shared stage order.
+"""Running whole days: ``dualrec run`` and ``dualrec backfill`` over the stages of :mod:`dualrec.registry`.
 
 The stage functions are the same ones ``spark-submit jobs/<stage>.py`` and the Airflow DAG
 call, so every entry point produces identical outputs. A day is complete when
@@ -9,7 +9,6 @@ complete days unless forced, and resumes from the first incomplete one.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import logging
 import os
@@ -21,64 +20,13 @@ from typing import Iterator
 
 from dualrec.config import DualRecConfig
 from dualrec.lake import Lake, LakeError, date_range, parse_date
+from dualrec.registry import STAGES, stage_inputs, table_producer
+from dualrec.stages.base import StageContext, check_stage_inputs, run_stage, stage_fn
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("activity", "two_tower", "similarity", "retrieve", "rank", "dispatch", "metrics")
-"""Stage order of a day (SPEC section 4); each is ``jobs/<stage>.py:run``."""
-
-
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "activity": ("users", "visits", "interactions", "items"),
-    "two_tower": ("users", "items", "interactions", "activity_scores"),
-    "similarity": ("items", "interactions", "user_embeddings", "activity_scores"),
-    "retrieve": ("items", "activity_scores", "item_similar", "item_positive_users", "user_similar"),
-    "rank": ("users", "items", "interactions", "candidates"),
-    "dispatch": ("items", "activity_scores", "ranked"),
-    "metrics": ("items", "activity_scores"),
-}
-"""Partitions of day D each stage needs; checked before the stage starts."""
-
-TABLE_PRODUCERS: dict[str, str] = {
-    "activity_scores": "activity",
-    "user_embeddings": "two_tower",
-    "item_similar": "similarity",
-    "item_positive_users": "similarity",
-    "user_similar": "similarity",
-    "candidates": "retrieve",
-    "ranked": "rank",
-}
-
-
-def check_stage_inputs(lake: Lake, stage: str, day: dt.date, validated: set | None = None) -> None:
-    """Fail fast, before any work, when a stage's day-D inputs are missing or violate their contract.
-
-    Upstream (input) tables are validated here once per day (``validated`` caches across
-    stages); derived tables were validated when their producer published them.
-    """
-    from schemas.tables import TABLES
-
-    for table in STAGE_INPUTS.get(stage, ()):
-        if not lake.has_partition(table, day):
-            producer = TABLE_PRODUCERS.get(table)
-            hint = f"; run stage {producer!r} for {day} first" if producer else " (an upstream delivery)"
-            raise LakeError(
-                f"table {table!r}: partition dt={day} is missing at {lake.uri(lake.partition_rel(table, day))}{hint}"
-            )
-        if TABLES[table].kind == "input" and (validated is None or (table, day) not in validated):
-            lake.validate_dir(table, day).raise_if_failed()
-            if validated is not None:
-                validated.add((table, day))
-
-
 class RunLockedError(RuntimeError):
     """Another run of the same day holds the lock."""
-
-
-def stage_fn(name: str) -> Callable:
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    return importlib.import_module(f"jobs.{name}").run
 
 
 def run_rel(day: dt.date) -> str:
@@ -153,8 +101,6 @@ def run_day(
     Raises the stage's error (naming the stage) on failure; the day is then not marked
     complete, and a rerun starts again from the first stage (stages are idempotent).
     """
-    from jobs.common import StageContext, run_stage
-
     day = parse_date(day)
     names = list(stages or STAGES)
     say = progress or (lambda msg: log.info("%s", msg))
@@ -236,3 +182,7 @@ def require_inputs(lake: Lake, day: dt.date) -> None:
     for table in ("users", "items", "visits", "interactions"):
         if not lake.has_partition(table, day):
             raise LakeError(f"table {table!r}: partition dt={day} is missing; cannot run day {day}")
+
+
+__all__ = ["STAGES", "RunLockedError", "backfill", "check_stage_inputs", "day_lock", "is_day_done", "run_day",
+           "stage_fn", "stage_inputs", "stage_timings", "table_producer"]

@@ -1,57 +1,28 @@
-"""What every stage entry point shares: argument parsing, the stage context, exit codes.
+"""What every entry point shares: argument parsing, logging setup, exit codes.
 
-A stage is a function ``run(ctx: StageContext) -> dict`` in ``jobs/<stage>.py``. The same
-function is called by ``spark-submit jobs/<stage>.py``, by ``dualrec run`` and (through
-spark-submit) by the Airflow DAG, so all three behave identically.
+The stages themselves live in :mod:`dualrec.stages` (core); ``spark-submit jobs/<stage>.py``,
+``dualrec run`` and (through spark-submit) the Airflow DAG all call the same
+:func:`dualrec.stages.base.run_stage`, so they behave identically.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
+import os
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from dualrec.config import DualRecConfig, step_seed
+from dualrec.config import DualRecConfig
 from dualrec.lake import Lake, LakeError, parse_date
+from dualrec.stages.base import StageContext, StageError, run_stage
 from schemas.validate import BadInputError
 
 log = logging.getLogger("dualrec")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-
-
-class StageError(RuntimeError):
-    """A stage failed; the message names the stage."""
-
-
-@dataclass
-class StageContext:
-    """Everything a stage needs for one logical date."""
-
-    lake: Lake
-    day: dt.date
-    cfg: DualRecConfig
-    _spark: Any = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    validated: set = field(default_factory=set)  # (table, day) input partitions already checked
-
-    @property
-    def spark(self):
-        if self._spark is None:
-            from dualrec.spark import get_spark
-
-            self._spark = get_spark(self.cfg.spark)
-        return self._spark
-
-    def seed(self, step: str) -> int:
-        """Deterministic per-step seed from the config seed, the date and the step name."""
-        return step_seed(self.cfg.seed, self.day, step)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -95,8 +66,6 @@ def open_lake(root: str) -> Lake:
     partitions; an unknown URI scheme or an unreachable filesystem is a clear error (exit 2)
     instead of a traceback.
     """
-    import os
-
     if not root or not str(root).strip():
         raise ValueError("--lake is empty: give a directory or an hdfs:// / s3a:// URI")
     if "://" not in root and os.path.exists(root) and not os.path.isdir(root):
@@ -107,24 +76,6 @@ def open_lake(root: str) -> Lake:
         raise
     except OSError as e:
         raise LakeError(f"cannot open lake {root.split('@')[-1]!r}: {e}") from e
-
-
-def run_stage(name: str, fn: Callable[[StageContext], dict], ctx: StageContext) -> dict:
-    """Run one stage, timing it; errors are re-raised as StageError naming the stage."""
-    from dualrec.pipeline import check_stage_inputs
-
-    t0 = time.time()
-    log.info("stage %s for %s: start", name, ctx.day)
-    try:
-        check_stage_inputs(ctx.lake, name, ctx.day, ctx.validated)
-        result = fn(ctx) or {}
-    except (BadInputError, LakeError) as e:
-        raise type(e)(f"stage {name} ({ctx.day}): {e}") from e
-    except Exception as e:  # noqa: BLE001 - re-raised with the stage named
-        raise StageError(f"stage {name} ({ctx.day}) failed: {type(e).__name__}: {e}") from e
-    result["seconds"] = round(time.time() - t0, 3)
-    log.info("stage %s for %s: done in %.1fs", name, ctx.day, result["seconds"])
-    return result
 
 
 def stage_main(name: str, fn: Callable[[StageContext], dict], argv: list[str] | None = None) -> int:
@@ -149,3 +100,6 @@ def exit_code(action: Callable[[], Any]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "StageContext", "StageError", "add_common_args", "context_from_args",
+           "exit_code", "open_lake", "parse_overrides", "setup_logging", "stage_main"]

@@ -1,34 +1,18 @@
-"""Stage ``metrics``: the day's SPEC section 6 figures -> table ``metrics`` dt=D and the HTML report.
+"""``spark-submit jobs/metrics.py --lake DIR --date D``: stage ``metrics`` for one day.
 
-``spark-submit jobs/metrics.py --lake DIR --date D``. Figures that need D+1's logs are null
-when D+1 has not happened yet; rerunning the stage later (or ``dualrec evaluate``) fills them.
+The stage itself is :func:`dualrec.stages.metrics.run`; this file only parses and exits.
 """
 
-from __future__ import annotations
-
 import sys
+from pathlib import Path
 
-from dualrec.metrics import evaluate, metrics_table
-from dualrec.report import write_report, write_trend
-from jobs.common import StageContext, stage_main
+if __name__ == "__main__":  # spark-submit runs this file directly, outside the installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dualrec.stages.metrics import run  # noqa: E402
+from jobs.common import stage_main  # noqa: E402
 
-def run(ctx: StageContext) -> dict:
-    """Compute the day's metrics, publish them as rows of ``metrics`` and write the reports."""
-    ctx.lake.require_partition("match_sets", ctx.day, stage="metrics")
-    m = evaluate(ctx.lake, ctx.day, ctx.cfg, spark=ctx._spark)
-    table = metrics_table(m)
-    ctx.lake.write_table("metrics", ctx.day, table)
-    report = write_report(ctx.lake, ctx.day, m)
-    write_trend(ctx.lake)
-    return {
-        "rows": table.num_rows,
-        "hit_rate": m["activity"]["hit_rate"],
-        "items_covered": m["dispatch"]["items_covered"],
-        "max_du": m["dispatch"]["max_du"],
-        "report": report,
-    }
-
+__all__ = ["run"]
 
 if __name__ == "__main__":
     sys.exit(stage_main("metrics", run))

@@ -12,7 +12,7 @@ import pytest
 from dualrec import activity as A
 from dualrec.config import ActivityConfig, DualRecConfig
 from dualrec.lake import Lake, date_range
-from jobs.common import StageContext
+from dualrec.stages.base import StageContext
 from models import activity as M
 from schemas.validate import BadInputError
 
@@ -303,7 +303,7 @@ def test_spark_prediction_equals_driver_prediction(spark):
 
 # ---------------------------------------------------------------------- stage, leakage, metrics
 def _run(lake: Lake, day: dt.date, spark, cfg: DualRecConfig | None = None) -> dict:
-    from jobs.activity import run
+    from dualrec.stages.activity import run
 
     return run(StageContext(lake=lake, day=day, cfg=cfg or _cfg(), _spark=spark))
 

@@ -11,7 +11,7 @@ import pytest
 from dualrec.channels.base import Channel, channel_names, channel_shares, get_channel, mix, register
 from dualrec.config import DualRecConfig, TwoTowerConfig
 from dualrec.lake import Lake
-from jobs.common import StageContext
+from dualrec.stages.base import StageContext
 
 D = dt.date(2026, 1, 10)
 UTC = dt.timezone.utc
@@ -85,7 +85,7 @@ def _ctx(lake, spark, **over) -> StageContext:
 
 
 def _items_df(ctx):
-    from jobs.retrieve import day_items
+    from dualrec.stages.retrieve import day_items
 
     return day_items(ctx)
 
@@ -256,7 +256,7 @@ def test_pairs_seen_before_the_batch_cutoff_are_not_candidates(lake, spark, tmp_
 
 
 def test_retrieve_job_writes_candidates(lake, spark):
-    from jobs.retrieve import run
+    from dualrec.stages.retrieve import run
 
     _two_tower_artefacts(lake, spark)
     ctx = _ctx(lake, spark, **{"retrieval.k": {"two_tower": 4, "i2i2u": 10, "i2u2u": 10}})

@@ -22,7 +22,7 @@ from dualrec.dispatch import (
     rank_in_item_arrays,
 )
 from dualrec.lake import Lake
-from jobs.common import StageContext
+from dualrec.stages.base import StageContext
 from schemas.validate import BadInputError
 
 DAY = dt.date(2026, 1, 5)
@@ -257,7 +257,7 @@ def _numpy_expected(items, activity, ranked, L, Q, policy):
 
 @pytest.mark.parametrize("policy,engine", [("arrival", "numpy"), ("arrival", "spark"), ("matching", "numpy"), ("matching", "spark")])
 def test_stage_on_hand_made_tables(tmp_path, spark, policy, engine):
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     lake, items, activity, ranked = _lake(tmp_path)
     ctx = _ctx(lake, spark, policy=policy, engine=engine)
@@ -294,7 +294,7 @@ def test_stage_on_hand_made_tables(tmp_path, spark, policy, engine):
 
 
 def test_rerun_is_identical_and_batch_rerun_from_store(tmp_path, spark):
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     from dualrec.dispatch import assign_arrays as kernel
 
@@ -325,7 +325,7 @@ def test_rerun_is_identical_and_batch_rerun_from_store(tmp_path, spark):
 
 def test_invariant_violation_raises_and_publishes_nothing(tmp_path, spark, monkeypatch):
     import dualrec.dispatch as d
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     lake, *_ = _lake(tmp_path, seed=2)
     monkeypatch.setattr(d, "assign_batch", lambda edges, L, policy, engine: edges)  # a buggy engine: takes all
@@ -336,7 +336,7 @@ def test_invariant_violation_raises_and_publishes_nothing(tmp_path, spark, monke
 
 
 def test_ranked_batch_mismatch_is_bad_input(tmp_path, spark):
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     lake, items, activity, ranked = _lake(tmp_path, seed=3)
     bad = ranked.set_column(0, "batch", pa.compute.add(ranked.column("batch"), 1).cast(pa.int32()))
@@ -359,7 +359,7 @@ def test_apply_boost_and_job(tmp_path, spark):
     assert apply_boost(cands, roll, 1.0).filter("user_id = 1 and item_id = 10").first().f_prime == pytest.approx(2.1)
 
     lake, *_ = _lake(tmp_path, seed=4)
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     run(_ctx(lake, spark))
     ms_t = lake.read_table("match_sets", DAY).slice(0, 3)

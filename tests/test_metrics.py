@@ -190,8 +190,8 @@ def test_evaluate_nulls_without_next_day_or_inputs(tmp_path, spark):
 
 
 def test_metrics_job_writes_table_and_report(lake, spark):
-    from jobs.common import StageContext
-    from jobs.metrics import run
+    from dualrec.stages.base import StageContext
+    from dualrec.stages.metrics import run
 
     stats = run(StageContext(lake=lake, day=DAY, cfg=_cfg(), _spark=spark))
     assert stats["max_du"] == 2

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dualrec import peer_als as P
+from benchmarks import als_peer as P
 
 FLAGS = ("is_click", "is_like", "is_comment", "is_follow", "is_share", "is_profile_enter", "is_long_view")
 

@@ -132,8 +132,8 @@ FAST = {"rank.train_window_days": 2, "rank.user_window_days": 3, "rank.item_hist
 @pytest.fixture(scope="module")
 def ranked_world(tiny_world, spark):
     from dualrec.lake import Lake
-    from jobs.common import StageContext
-    from jobs.rank import run
+    from dualrec.stages.base import StageContext
+    from dualrec.stages.rank import run
 
     lake = Lake(tiny_world)
     day = dt.date(2026, 1, 10)

@@ -13,7 +13,7 @@ import pytest
 from dualrec.config import DualRecConfig, TwoTowerConfig
 from dualrec.lake import Lake
 from dualrec.similarity import l2_normalize, similar_items, similar_users
-from jobs.common import StageContext
+from dualrec.stages.base import StageContext
 from models.ann import build_index
 from test_two_tower import SMALL, START, make_world
 
@@ -130,8 +130,8 @@ def _check_outputs(lake: Lake, day: dt.date, k_items: int, k_users: int, cap: in
 
 
 def test_stage_on_hand_made_world(spark, tmp_path):
-    from jobs import similarity as sjob
-    from jobs import two_tower as tjob
+    from dualrec.stages import similarity as sjob
+    from dualrec.stages import two_tower as tjob
     from models.ann import load_index
 
     lake, _ = make_world(tmp_path / "w", days=3, n_users=40, items_per_day=12)
@@ -156,8 +156,8 @@ def test_stage_on_tiny_world(spark, request, tmp_path):
         world = request.getfixturevalue("tiny_world")
     except pytest.FixtureLookupError:
         pytest.skip("tiny_world fixture not available yet")
-    from jobs import similarity as sjob
-    from jobs import two_tower as tjob
+    from dualrec.stages import similarity as sjob
+    from dualrec.stages import two_tower as tjob
 
     root = tmp_path / "tiny"
     shutil.copytree(world, root)

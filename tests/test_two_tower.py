@@ -13,7 +13,7 @@ import torch
 
 from dualrec.config import DualRecConfig, TwoTowerConfig
 from dualrec.lake import Lake
-from jobs.common import StageContext
+from dualrec.stages.base import StageContext
 from models.two_tower import (
     TwoTowerModel,
     build_train_data,
@@ -316,7 +316,7 @@ def _ctx(lake, day, spark, **tt) -> StageContext:
 
 
 def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_path):
-    from jobs import two_tower as job
+    from dualrec.stages import two_tower as job
     from models.ann import load_index
 
     lake, truth = make_world(tmp_path / "w", days=3, n_users=60, items_per_day=12)
@@ -356,7 +356,7 @@ def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_p
 
 def test_stage_fails_clearly_without_activity_scores(spark, tmp_path):
     from dualrec.lake import LakeError
-    from jobs import two_tower as job
+    from dualrec.stages import two_tower as job
 
     lake, _ = make_world(tmp_path / "w", days=1, n_users=20, items_per_day=4)
     import shutil
@@ -375,7 +375,7 @@ def test_stage_on_tiny_world(spark, request, tmp_path):
         pytest.skip("tiny_world fixture not available yet")
     import shutil
 
-    from jobs import two_tower as job
+    from dualrec.stages import two_tower as job
     from models.ann import load_index
 
     root = tmp_path / "tiny"

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from dualrec.config import DualRecConfig
 from dualrec.lake import Lake
-from jobs.common import StageContext
+from dualrec.stages.base import StageContext
 
 DAY = dt.date(2026, 1, 11)  # tiny_world has 2026-01-01 .. 2026-01-14
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -24,7 +24,7 @@ import pytest
 
 from dualrec.lake import Lake
 from dualrec.pipeline import backfill, is_day_done
-from jobs.common import StageContext, run_stage
+from dualrec.stages.base import StageContext, run_stage
 from schemas.tables import arrow_schema
 from schemas.validate import BadInputError
 
@@ -112,7 +112,7 @@ SCORE_KEYS = ["user_id"]
 
 
 def _activity(lake: Lake, day: dt.date, spark) -> dict:
-    from jobs.activity import run
+    from dualrec.stages.activity import run
 
     return run_stage("activity", run, StageContext(lake=lake, day=day, cfg=fast_cfg(), _spark=spark))
 

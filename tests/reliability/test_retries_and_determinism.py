@@ -22,7 +22,7 @@ import pytest
 
 from dualrec.config import DualRecConfig
 from dualrec.lake import parse_date
-from jobs.common import StageContext, run_stage
+from dualrec.stages.base import StageContext, run_stage
 
 from relhelpers import DAY, DISPATCH, REPO, dispatch_ctx, dispatch_lake, table_rows
 
@@ -62,7 +62,7 @@ def _crash_in_batch(monkeypatch, k: int) -> None:
 
 
 def test_dispatch_retries_keep_q_and_converge(tmp_path, spark, monkeypatch):
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     lake = dispatch_lake(tmp_path / "lake")
     L, Q, B = DISPATCH["L"], DISPATCH["Q"], DISPATCH["batches_per_day"]
@@ -121,7 +121,7 @@ def test_stage_seeds_come_from_config_date_and_step_and_are_process_independent(
     assert base == seed(0, "2026-01-11", "activity.xgb")
     assert len({base, seed(1, "2026-01-11", "activity.xgb"), seed(0, "2026-01-12", "activity.xgb"),
                 seed(0, "2026-01-11", "two_tower.train")}) == 4
-    code = ("from dualrec.config import DualRecConfig; from jobs.common import StageContext; import datetime as d;"
+    code = ("from dualrec.config import DualRecConfig; from dualrec.stages.base import StageContext; import datetime as d;"
             "print(StageContext(None, d.date(2026,1,11), DualRecConfig()).seed('activity.xgb'))")
     for hashseed in ("1", "2"):  # not Python's randomised hash(): the same in every process
         env = {**os.environ, "PYTHONHASHSEED": hashseed}

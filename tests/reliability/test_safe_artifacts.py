@@ -137,7 +137,7 @@ def test_activity_model_corrupt_or_other_version_manifest(saved_model):
 
 def test_artifact_error_is_a_bad_input_exit(saved_model):
     """A stage that trips on an artefact exits 2 (like a missing partition), message intact."""
-    from jobs.common import run_stage, StageContext
+    from dualrec.stages.base import StageContext, run_stage
     from dualrec.config import DualRecConfig
     from dualrec.lake import LakeError
 
@@ -149,7 +149,7 @@ def test_artifact_error_is_a_bad_input_exit(saved_model):
 
 # ------------------------------------------------------------------------------ config / CLI paths
 def _stage(argv, capsys) -> tuple[int, str]:
-    from jobs.activity import run
+    from dualrec.stages.activity import run
 
     capsys.readouterr()
     rc = stage_main("activity", run, argv)
@@ -218,7 +218,7 @@ def test_credentials_in_the_lake_uri_are_refused_without_echo(capsys):
 
 def test_secret_in_environment_never_reaches_the_logs(tmp_path, capsys, caplog, monkeypatch, spark):
     """A full dispatch stage run at DEBUG, then a failing one: the secret appears nowhere."""
-    from jobs.dispatch import run
+    from dualrec.stages.dispatch import run
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKE")

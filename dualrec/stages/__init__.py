@@ -1,0 +1,1 @@
+"""Stage implementations (one module per stage) and the stage runner (:mod:`dualrec.stages.base`)."""

@@ -1,0 +1,126 @@
+"""Stage ``rank``: train the multi-task ranker (on its cadence) and score D's candidates -> ``ranked``.
+
+Training. The model published as ``_models/ranker/dt=D`` is trained on exposures of days before D
+(at most ``rank.train_window_days``), so D's own exposures stay held out for ``ranking_auc`` and
+the model never learns from feedback that arrived after a batch's cutoff. Warm start: from
+``lake.latest_model_before("ranker", D)`` when its spec matches, training only on the days it has
+not seen yet (incremental); otherwise a cold start over the whole window. With
+``rank.cadence_days`` > 1 a recent enough model is reused and nothing is trained.
+
+Scoring. Every candidate of ``candidates`` dt=D gets point-in-time features at its batch cutoff,
+is scored in ``mapInArrow`` (model broadcast once, item ID masked: new items), then
+theta_u and g_ui = sum_m beta_m s^m / theta_u (paper Eq. 10).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+import logging
+
+from dualrec.stages.base import StageContext
+
+log = logging.getLogger("dualrec.rank")
+
+
+def train_window(lake, day: dt.date, cfg, prev_day: dt.date | None, prev_train_end: dt.date | None) -> tuple[dt.date, dt.date, bool]:
+    """(start, end, warm) of the days the model for ``day`` trains on (end = day - 1)."""
+    end = day - dt.timedelta(days=1)
+    start = day - dt.timedelta(days=cfg.rank.train_window_days)
+    warm = bool(cfg.rank.warm_start and prev_day is not None and prev_train_end is not None)
+    if warm:
+        start = max(start, prev_train_end + dt.timedelta(days=1))
+        if start > end:
+            start = end
+    return start, end, warm
+
+
+def train(ctx: StageContext) -> dict:
+    """Train (or reuse) the ranker for D; returns the manifest-level report."""
+    from dualrec.lake import LakeError
+    from dualrec.ranking import training_frame
+    from models.ranker import RankerSpec, labels_of, featurize, load_ranker, new_model, save_ranker, train_ranker
+
+    lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
+    prev_day = lake.latest_model_before("ranker", day)
+    if prev_day is not None and (day - prev_day).days < cfg.rank.cadence_days:
+        log.info("ranker: reusing model of %s (cadence %d days)", prev_day, cfg.rank.cadence_days)
+        return {"trained": False, "model_day": str(prev_day)}
+    spec = RankerSpec.from_cfg(cfg.rank)
+    prev = load_ranker(lake, prev_day) if prev_day is not None else None
+    if prev is not None and prev.manifest["spec"] != asdict(spec):
+        log.info("ranker: previous model's spec differs; cold start")
+        prev = None
+    prev_end = dt.date.fromisoformat(prev.manifest["train_end"]) if prev is not None else None
+    start, end, warm = train_window(lake, day, cfg, prev_day if prev is not None else None, prev_end)
+    have = [d for d in lake.partitions("interactions") if start <= d <= end]
+    if not have:
+        raise LakeError(f"table 'interactions': no partition in the ranker's training window {start}..{end} "
+                        f"(a date with no prior history)")
+    pdf, g = training_frame(ctx.spark, lake, start, end, cfg, max_rows=cfg.rank.max_train_rows, seed=ctx.seed("rank_sample"))
+    if len(pdf) == 0:
+        raise LakeError(f"ranker: no exposures in the training window {start}..{end}")
+    cat, dense = featurize(pdf, spec)
+    y = labels_of(pdf)
+    model = prev if warm else new_model(spec, ctx.seed("rank_init"))
+    report = train_ranker(model, cat, dense, y, cfg.rank.epochs, cfg.rank.batch_size, cfg.rank.lr,
+                          ctx.seed("rank_train"), cold_start=not warm, threads=cfg.rank.torch_threads)
+    manifest = {
+        "train_start": str(start), "train_end": str(end), "warm_start_from": str(prev_day) if warm else None,
+        "global_rates": g, "report": report,
+    }
+    from dualrec.lake import Lake
+
+    with lake.publish_dir(Lake.model_rel("ranker", day)) as rel:
+        save_ranker(model, lake, rel, manifest)
+    return {"trained": True, "model_day": str(day), "rows": report["rows"], "skipped_tasks": report["skipped_tasks"],
+            "epoch_loss": report["epoch_loss"], "warm": warm, "window": [str(start), str(end)]}
+
+
+def score(ctx: StageContext, model) -> dict:
+    """Score D's candidates and write ``ranked``."""
+    from pyspark.sql import functions as F
+
+    from dualrec.ranking import integrated_score, release, score_in_spark, scoring_rows
+    from models.ranker import TASKS
+
+    lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
+    cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False)
+    cached: list = []
+    try:
+        rows, _ = scoring_rows(ctx.spark, lake, day, cand.select("batch", "item_id", "user_id", "channels"), cfg, cached)
+        scored = integrated_score(score_in_spark(rows, model, cfg.rank.score_batch_rows), cfg.rank.beta)
+        out = scored.select("batch", "item_id", "user_id", "channels", *[f"s_{t}" for t in TASKS], "theta", "g")
+        lake.write_df(out, "ranked", day, coalesce=4)
+    finally:
+        release(cached)
+    r = lake.read_df(ctx.spark, "ranked", [day], with_dt=False).agg(
+        F.count("*").alias("n"), F.avg("g").alias("g"), F.avg("theta").alias("theta")
+    ).first()
+    n_cand = cand.count()
+    if int(r["n"]) != n_cand:
+        log.warning("rank: %d candidates but %d ranked rows (items missing from the items table?)", n_cand, r["n"])
+    return {"candidates": n_cand, "ranked": int(r["n"]), "mean_g": r["g"], "mean_theta": r["theta"]}
+
+
+def run(ctx: StageContext) -> dict:
+    """Train the ranker on its cadence and score D's candidates."""
+    import time
+
+    from dualrec.ranking import model_for_day
+
+    t0 = time.time()
+    stats = {"train": train(ctx)}
+    stats["train_seconds"] = round(time.time() - t0, 3)
+    m_day, model = model_for_day(ctx.lake, ctx.day)
+    if model is None:
+        from dualrec.lake import LakeError
+
+        raise LakeError(f"no ranker model usable on {ctx.day}")
+    t1 = time.time()
+    stats["score"] = score(ctx, model)
+    stats["score_seconds"] = round(time.time() - t1, 3)
+    stats["model_day"] = str(m_day)
+    log.info("rank %s: %s", ctx.day, stats)
+    return stats
+
