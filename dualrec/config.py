@@ -40,6 +40,7 @@ class SparkConfig:
     shuffle_partitions: int = 8
     driver_memory: str = "6g"
     arrow_batch_size: int = 10000
+    log_level: str = "ERROR"  # Spark's own (JVM) log level; WARN shows a planner warning per dispatch batch
     conf: dict[str, str] = field(default_factory=dict)
 
 
