@@ -28,6 +28,7 @@ setup(
         "pyyaml>=6",
         "filelock>=3.12",
         "rich>=13",
+        "pydantic>=2",
         "apache-airflow>=3.0,<4",
         # 5.6 depends on pyspark itself; 6.x pulls pyspark-client, which overwrites pyspark's files
         "apache-airflow-providers-apache-spark==5.6.0",

@@ -12,7 +12,9 @@ import logging
 import sys
 
 import numpy as np
+import yaml
 
+from dualrec.config import config_json_schema
 from dualrec.demo import run_demo
 from dualrec.ingest import add_subcommand as add_ingest
 from dualrec.lake import parse_date
@@ -87,6 +89,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace):
     return load_config(getattr(args, "config", None), getattr(args, "set", None))
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    if args.json_schema:
+        print(json.dumps(config_json_schema(), indent=2))
+    elif args.json:
+        print(json.dumps(_config(args).to_dict(), indent=2))
+    else:
+        print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+    return 0
 
 
 def _progress() -> Progress:
@@ -220,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config_args(e)
     e.set_defaults(fn=_cmd_evaluate)
+
+    c = command("config", "inspect the configuration")
+    cs = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = cs.add_parser("show", parents=[common], epilog=EXIT_CODES_HELP, formatter_class=fmt,
+                         help="print the effective configuration (after --config and --set) or its JSON schema")
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.add_argument("--json-schema", action="store_true", help="print the JSON schema (keys, types, defaults, bounds)")
+    _add_config_args(show)
+    show.set_defaults(fn=_cmd_config_show)
 
     add_ingest(sub)
 
