@@ -20,13 +20,13 @@ import re
 import tomllib
 import typing
 import zlib
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dualrec.channels import registered_names
 from schemas.feedback import RANK_TASKS, VISIBLE_FEEDBACKS
 
 FEEDBACKS: tuple[str, ...] = RANK_TASKS
@@ -50,6 +50,27 @@ DEFAULT_K: dict[str, int] = {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300}
 
 class ConfigError(ValueError):
     """A configuration that must not run; the message names the key path(s) and the bad value(s)."""
+
+
+_channel_registry: Callable[[], Collection[str]] | None = None
+
+
+def use_channel_registry(names: Callable[[], Collection[str]] | None) -> None:
+    """Install the source of the registered retrieval-channel names.
+
+    ``retrieval.channels`` and the keys of ``retrieval.k`` are checked against it when a config
+    is built, so a mistyped channel stops the run at load time, not in the retrieve stage.
+    The registry lives in :mod:`dualrec.channels` (a higher layer than this module), which
+    installs it when imported; every entry point (:func:`jobs.common.load_config`) installs it
+    explicitly. Without one, channel names are checked only when the channels are resolved.
+    """
+    global _channel_registry
+    _channel_registry = names
+
+
+def known_channels() -> list[str] | None:
+    """The registered channel names, or None when no registry is installed."""
+    return None if _channel_registry is None else sorted(_channel_registry())
 
 
 def step_seed(seed: int, day, step: str) -> int:
@@ -200,11 +221,21 @@ class SimilarityConfig(_Section):
 
 
 def _channel_enum(schema: dict[str, Any]) -> None:
-    schema.setdefault("items", {})["enum"] = registered_names()
+    if (names := known_channels()) is not None:
+        schema.setdefault("items", {})["enum"] = names
 
 
 def _channel_keys(schema: dict[str, Any]) -> None:
-    schema["propertyNames"] = {"enum": registered_names()}
+    if (names := known_channels()) is not None:
+        schema["propertyNames"] = {"enum": names}
+
+
+def _unregistered(names: Collection[str]) -> str | None:
+    known = known_channels()
+    unknown = [c for c in names if known is not None and c not in known]
+    if unknown:
+        return f"unknown channel(s) {', '.join(unknown)}; registered: {', '.join(known or [])}"
+    return None
 
 
 class RetrievalConfig(_Section):
@@ -248,10 +279,8 @@ class RetrievalConfig(_Section):
     @field_validator("channels")
     @classmethod
     def _channels_registered(cls, v: list[str]) -> list[str]:
-        known = registered_names()
-        unknown = [c for c in v if c not in known]
-        if unknown:
-            raise ValueError(f"unknown channel(s) {', '.join(unknown)}; registered: {', '.join(known)}")
+        if msg := _unregistered(v):
+            raise ValueError(msg)
         dup = sorted({c for c in v if v.count(c) > 1})
         if dup:
             raise ValueError(f"channel(s) listed twice: {', '.join(dup)}")
@@ -260,10 +289,8 @@ class RetrievalConfig(_Section):
     @field_validator("k")
     @classmethod
     def _k_registered(cls, v: dict[str, int]) -> dict[str, int]:
-        known = registered_names()
-        unknown = sorted(c for c in v if c not in known)
-        if unknown:
-            raise ValueError(f"unknown channel(s) {', '.join(unknown)}; registered: {', '.join(known)}")
+        if msg := _unregistered(sorted(v)):
+            raise ValueError(msg)
         return v
 
     @model_validator(mode="after")

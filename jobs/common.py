@@ -15,7 +15,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from dualrec.config import DualRecConfig
+from dualrec.channels import registered_names
+from dualrec.config import DualRecConfig, use_channel_registry
 from dualrec.lake import Lake, LakeError, parse_date
 from dualrec.stages.base import StageContext, StageError, run_stage
 from schemas.tables import TABLES
@@ -85,6 +86,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 
 def load_config(path: str | None, sets: list[str] | None) -> DualRecConfig:
     """The effective configuration; any problem in it is a :class:`UsageError` (exit 2)."""
+    use_channel_registry(registered_names)  # unknown channel names fail here, not in the retrieve stage
     try:
         return DualRecConfig.load(path, parse_overrides(sets))
     except UsageError:

@@ -8,8 +8,10 @@ import math
 import pytest
 
 from dualrec.channels import REGISTRY, registered_names
+import dualrec.config as config_module
 from dualrec.config import ConfigError, DualRecConfig
 from jobs.cli import main
+from jobs.common import UsageError, load_config
 
 
 def _refused(data: dict) -> str:
@@ -141,6 +143,16 @@ def test_unknown_channel_is_refused_at_load_against_the_registry(monkeypatch):
     cfg = DualRecConfig.from_dict({"retrieval": {"channels": ["two_tower", "ghost"], "k": {"ghost": 3}}})
     assert cfg.retrieval.k["ghost"] == 3
     assert "no K" in _refused({"retrieval": {"channels": ["ghost"]}})
+
+
+def test_entry_points_check_channel_names_at_load(monkeypatch):
+    """Every entry point (dualrec CLI, spark-submit jobs/<stage>.py) loads through load_config,
+    which installs the channel registry: a stage that never retrieves still refuses a typo."""
+    monkeypatch.setattr(config_module, "_channel_registry", None)
+    with pytest.raises(UsageError, match=r"retrieval\.channels.*ghost"):
+        load_config(None, ["retrieval.channels=[two_tower, ghost]", "retrieval.k.ghost=3"])
+    with pytest.raises(UsageError, match=r"retrieval\.k.*two_towr"):
+        load_config(None, ["retrieval.k.two_towr=3"])
 
 
 def test_cli_config_show_prints_the_effective_config_and_its_schema(tmp_path, capsys):
