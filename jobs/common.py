@@ -166,7 +166,10 @@ def stage_main(name: str, fn: Callable[[StageContext], dict], argv: list[str] | 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_args(p)
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # usage errors (exit 2) and --help (0) come back as this function's code
+        return int(e.code or 0)
     setup_logging(max(1, args.verbose))  # a spark-submit log is read later: keep the INFO lines
     return exit_code(lambda: run_stage(name, fn, context_from_args(args)), verbose=args.verbose)
 
