@@ -194,6 +194,17 @@ class Sample:
     t: float
     cpu: float
     rss: int
+    by_kind: dict[str, float] = field(default_factory=dict)  # CPU by driver / jvm / workers
+
+
+def _kind(p: psutil.Process, root_pid: int) -> str:
+    """driver (the ``dualrec run`` process), jvm (Spark), workers (Python workers and anything else)."""
+    if p.pid == root_pid:
+        return "driver"
+    try:
+        return "jvm" if "java" in p.name() else "workers"
+    except psutil.Error:
+        return "workers"
 
 
 @dataclass
@@ -204,6 +215,7 @@ class TreeSampler:
     interval: float = 0.5
     samples: list[Sample] = field(default_factory=list)
     _cpu: dict[int, float] = field(default_factory=dict)
+    _kinds: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> "TreeSampler":
@@ -231,20 +243,27 @@ class TreeSampler:
                     with p.oneshot():
                         c = p.cpu_times()
                         self._cpu[p.pid] = c.user + c.system + c.children_user + c.children_system
+                        if p.pid not in self._kinds:
+                            self._kinds[p.pid] = _kind(p, self.pid)
                         rss += p.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-            self.samples.append(Sample(time.time(), sum(self._cpu.values()), rss))
+            by: dict[str, float] = {}
+            for pid, c in self._cpu.items():
+                k = self._kinds.get(pid, "workers")
+                by[k] = by.get(k, 0.0) + c
+            self.samples.append(Sample(time.time(), sum(self._cpu.values()), rss, by))
             self._stop.wait(self.interval)
 
-    def window(self, t0: float, t1: float) -> tuple[float, int]:
-        """(CPU seconds, peak RSS bytes) between two wall-clock times."""
+    def window(self, t0: float, t1: float) -> tuple[float, int, dict[str, float]]:
+        """(CPU seconds, peak RSS bytes, CPU seconds by process kind) between two wall-clock times."""
         inside = [s for s in self.samples if t0 <= s.t <= t1]
         before = [s for s in self.samples if s.t < t0]
-        c0 = before[-1].cpu if before else 0.0
-        c1 = inside[-1].cpu if inside else c0
+        s0 = before[-1] if before else Sample(t0, 0.0, 0)
+        s1 = inside[-1] if inside else s0
         peak = max((s.rss for s in inside), default=0)
-        return max(c1 - c0, 0.0), peak
+        kinds = {k: round(max(v - s0.by_kind.get(k, 0.0), 0.0), 1) for k, v in s1.by_kind.items()}
+        return max(s1.cpu - s0.cpu, 0.0), peak, kinds
 
 
 PROGRESS = re.compile(r"\[(\d{4}-\d\d-\d\d)\] (\d+)/(\d+) (\w+) (\.\.\.|done in)")
@@ -286,9 +305,9 @@ def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval:
     for name in STAGES:
         if name not in marks:
             continue
-        cpu, peak = sampler.window(*marks[name])
+        cpu, peak, kinds = sampler.window(*marks[name])
         stages[name] = {"seconds": timings.get(name, round(marks[name][1] - marks[name][0], 3)),
-                        "cpu_seconds": round(cpu, 1), "peak_rss_mib": round(peak / 2**20)}
+                        "cpu_seconds": round(cpu, 1), "peak_rss_mib": round(peak / 2**20), "cpu_by_process": kinds}
     return {
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 1),
@@ -385,12 +404,13 @@ def peer_als(lake: Path, day: dt.date, out_json: Path) -> dict:
 # ---------------------------------------------------------------------- report
 def table(result: dict) -> str:
     lines = [f"{'stage':<11} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>8} {'peak RSS':>9} {'rows in':>12} {'rows out':>11} "
-             f"{'rows/s':>10}"]
+             f"{'rows/s':>10}  CPU driver/jvm/workers"]
     for name, s in result["stages"].items():
         r = result["stage_rows"].get(name, {})
         rate = r.get("rows_in", 0) / s["seconds"] if s["seconds"] else 0
         lines.append(f"{name:<11} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['cpu_seconds'] / max(s['seconds'], 1e-9):>8.2f} "
-                     f"{s['peak_rss_mib']:>6} MiB {r.get('rows_in', 0):>12,} {r.get('rows_out', 0):>11,} {rate:>10,.0f}")
+                     f"{s['peak_rss_mib']:>6} MiB {r.get('rows_in', 0):>12,} {r.get('rows_out', 0):>11,} {rate:>10,.0f}  "
+                     + "/".join(f"{s['cpu_by_process'].get(k, 0):.0f}" for k in ("driver", "jvm", "workers")))
     lines.append(f"{'total':<11} {result['total_seconds']:>8.1f} {result['cpu_seconds']:>8.1f} "
                  f"{result['cpu_seconds'] / max(result['total_seconds'], 1e-9):>8.2f} {result['peak_rss_mib']:>6} MiB")
     lines.append(f"process wall {result['wall_seconds']:.1f} s (incl. JVM start); load average before "
