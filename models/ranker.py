@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import torch
 
 from dualrec.hashing import hash_bucket as hash_ids
+from models import torch_threads
 from models.torch_io import load_state, save_model, state_to_bytes
 from schemas.feedback import RANK_TASKS
 from torch import nn
@@ -311,7 +312,7 @@ def train_ranker(
         report["note"] = "no task has positives: nothing trained"
         return report
     if threads:
-        torch.set_num_threads(threads)  # intra-op threads fight over shared cores (100 s vs 6 s measured)
+        torch.set_num_threads(torch_threads(threads))  # (spinning threads on shared cores: see models/__init__)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     sparse = [p for e in model.ids for p in e.parameters()]
