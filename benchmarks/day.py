@@ -278,7 +278,7 @@ def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval:
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     marks: dict[str, list[float]] = {}
-    with open(log_path, "w") as logf:
+    with open(log_path, "w", buffering=1) as logf:
         proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         sampler = TreeSampler(proc.pid, interval).start()
