@@ -242,7 +242,9 @@ class TreeSampler:
                 try:
                     with p.oneshot():
                         c = p.cpu_times()
-                        self._cpu[p.pid] = c.user + c.system + c.children_user + c.children_system
+                        # own time only: a reaped child's time would show up twice (its last sample
+                        # and its parent's children_*); a process living < interval is missed
+                        self._cpu[p.pid] = c.user + c.system
                         if p.pid not in self._kinds:
                             self._kinds[p.pid] = _kind(p, self.pid)
                         rss += p.memory_info().rss
