@@ -268,7 +268,7 @@ class TreeSampler:
         return max(s1.cpu - s0.cpu, 0.0), peak, kinds
 
 
-PROGRESS = re.compile(r"\[(\d{4}-\d\d-\d\d)\] (\d+)/(\d+) (\w+) (\.\.\.|done in)")
+PROGRESS = re.compile(r"\[([^\]]+)\] (?:stage )?(\d+)/(\d+) (\w+) (\.\.\.|done in)")
 
 
 def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval: float) -> dict:

@@ -62,6 +62,8 @@ def test_progress_lines_parse():
     m = B.PROGRESS.search("[2026-02-07] 5/7 rank done in 12.0s candidates=10")
     assert m and m.group(4) == "rank" and m.group(5) == "done in"
     assert B.PROGRESS.search("[2026-02-07] 1/7 activity ...").group(5) == "..."
+    m = B.PROGRESS.search("[2026-02-07] stage 2/7 two_tower done in 3.1s (elapsed 0:10, ~1:00 left)")
+    assert m and m.group(4) == "two_tower" and m.group(5) == "done in"
 
 
 @pytest.mark.parametrize("text,n", [("1g", 1 << 30), ("512m", 512 << 20)])
