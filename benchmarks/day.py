@@ -300,8 +300,13 @@ def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval:
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     load1 = os.getloadavg()
     if rc != 0:
-        tail = "".join(open(log_path).readlines()[-30:])
-        raise SystemExit(f"dualrec run failed (exit {rc}); log {log_path}:\n{tail}")
+        lines = open(log_path).readlines()
+        tail = "".join(lines[-30:])
+        hint = ""
+        if any("Answer from Java side is empty" in ln or "Connection refused" in ln for ln in lines):
+            hint = ("\nthe Spark JVM died mid-run: on a shared machine usually the kernel OOM killer "
+                    "(check `dmesg | grep -i killed`); retry with --set spark.driver_memory=3g or on a quieter machine")
+        raise SystemExit(f"dualrec run failed (exit {rc}); log {log_path}:\n{tail}{hint}")
     timings = json.loads((lake / "_runs" / f"dt={day.isoformat()}" / "stages.json").read_text())
     stages = {}
     for name in STAGES:
