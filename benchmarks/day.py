@@ -15,7 +15,7 @@
 3. The figures. The stage boundaries come from the run's progress lines; stage wall times from
    ``_runs/dt=D/stages.json``. A sampler (psutil, every ``--sample`` seconds) sums CPU time and
    RSS over the whole process tree (driver, Spark JVM, Python workers), giving CPU seconds and
-   peak RSS per stage; the total CPU is exact (``getrusage`` of the reaped child). Rows out =
+   peak RSS per stage; the total CPU is the larger of the sampled sum and ``getrusage`` of reaped children. Rows out =
    rows of the partitions of day D each stage published (Parquet footers); rows in = rows of the
    input partitions the stage reads under the default config windows (upper bound: stages
    filter some of them), rows/s = rows in / wall.
@@ -245,7 +245,7 @@ class TreeSampler:
                         # own time only: a reaped child's time would show up twice (its last sample
                         # and its parent's children_*); a process living < interval is missed
                         self._cpu[p.pid] = c.user + c.system
-                        if p.pid not in self._kinds:
+                        if self._kinds.get(p.pid, "workers") == "workers":  # spark-class execs java later
                             self._kinds[p.pid] = _kind(p, self.pid)
                         rss += p.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -317,7 +317,9 @@ def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval:
                         "cpu_seconds": round(cpu, 1), "peak_rss_mib": round(peak / 2**20), "cpu_by_process": kinds}
     return {
         "wall_seconds": round(wall, 2),
-        "cpu_seconds": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 1),
+        # getrusage only sees reaped descendants (not the JVM the driver leaves behind): take the larger
+        "cpu_seconds": round(max((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+                                 sampler.samples[-1].cpu if sampler.samples else 0.0), 1),
         "peak_rss_mib": round(max((s.rss for s in sampler.samples), default=0) / 2**20),
         "stages": stages,
         "loadavg_before": [round(x, 2) for x in load0],
