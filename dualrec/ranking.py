@@ -341,18 +341,90 @@ def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None
     return rows.select(*input_columns(p), *[c for c in keep if c in rows.columns]), g
 
 
-def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int | None = None, seed: int = 0):
-    """:func:`training_rows` collected to pandas (uniform sample down to ``max_rows``), caches released."""
+def parse_bytes(text: str | None, default: int = 1 << 30) -> int:
+    """A Spark size string ("1g", "512m", "2048k", "0") in bytes; 0 means unlimited."""
+    if text is None or not str(text).strip():
+        return default
+    t = str(text).strip().lower().rstrip("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(float(t))
+
+
+def training_row_bytes(p: int) -> int:
+    """Bytes of one :func:`compact` training row once collected as Arrow: 64-bit IDs and ``ts``,
+    float32 features, int8 labels, two date columns."""
+    return 8 * 3 + 4 * (len(input_columns(p)) - 3) + len(TASKS) + 8 + 2 * 4
+
+
+def driver_row_cap(spark, row_size: int, share: float = 0.5) -> int:
+    """How many rows of ``row_size`` bytes may be collected to the driver: ``share`` of
+    ``spark.driver.maxResultSize`` (default 1g; 0 = unlimited, then ``share`` of the driver memory)."""
+    limit = parse_bytes(spark.conf.get("spark.driver.maxResultSize", "1g"))
+    if limit == 0:
+        limit = parse_bytes(spark.conf.get("spark.driver.memory", "1g"))
+    return max(1, int(share * limit / max(row_size, 1)))
+
+
+def exposures_in(lake, start: dt.date, end: dt.date) -> int:
+    """Rows of ``interactions`` in [start, end] from the Parquet footers (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for d in _days(start, end):
+        if not lake.has_partition("interactions", d):
+            continue
+        for path in lake._data_files(lake.partition_rel("interactions", d)):
+            with lake.fs.open_input_file(path) as f:
+                n += pq.ParquetFile(f).metadata.num_rows
+    return n
+
+
+def compact(df):
+    """Float32 features and int8 labels: what the model consumes, half the bytes of doubles."""
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    cols = []
+    for f in df.schema.fields:
+        if isinstance(f.dataType, T.DoubleType):
+            cols.append(F.col(f.name).cast("float").alias(f.name))
+        elif f.name.startswith("y_"):
+            cols.append(F.col(f.name).cast("byte").alias(f.name))
+        else:
+            cols.append(F.col(f.name))
+    return df.select(*cols)
+
+
+def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int | None = None, seed: int = 0):
+    """:func:`training_rows` collected to pandas, a uniform sample of at most ``max_rows`` rows.
+
+    Bounded on the driver: the sample is drawn on the executors (before the item-side joins)
+    at the rate max_rows / exposures, where exposures come from the Parquet footers, so the full
+    feature frame is never materialised or cached; the cap is also held under half of
+    ``spark.driver.maxResultSize`` (a medium day's 2M rows x 100 doubles exceeded 1 GiB). Features
+    travel as float32. Caches are released on return.
+    """
+    import pyarrow as pa
 
     cached: list = []
     try:
-        df, g = training_rows(spark, lake, start, end, cfg, cached=cached)
-        df = _persist(df, cached)
-        n = df.count()
-        if max_rows is not None and n > max_rows:
-            df = df.where(F.rand(seed) < F.lit(max_rows / n))
-        return df.toArrow().to_pandas(), g
+        n_est = exposures_in(lake, start, end)
+        cap = driver_row_cap(spark, training_row_bytes(cfg.rank.profile_dim))
+        if max_rows is not None:
+            cap = min(cap, max_rows)
+        frac = 1.0
+        if n_est > cap:
+            frac = cap / n_est
+            log.info("ranker training frame %s..%s: sampling %d of ~%d exposures on the executors", start, end, cap, n_est)
+        df, g = training_rows(spark, lake, start, end, cfg, sample_fraction=frac, seed=seed, cached=cached)
+        tab = compact(df).toArrow()
+        if tab.num_rows > cap:  # the Bernoulli sample overshot: trim deterministically
+            keep = np.sort(np.random.default_rng(seed).choice(tab.num_rows, cap, replace=False))
+            tab = tab.take(pa.array(keep))
+        log.info("ranker training frame %s..%s: %d rows, %.0f MiB on the driver", start, end, tab.num_rows, tab.nbytes / 2**20)
+        return tab.to_pandas(), g
     finally:
         release(cached)
 
@@ -373,16 +445,25 @@ def integrated_score_np(s: np.ndarray, theta: np.ndarray, beta: dict[str, float]
 
 
 def score_in_spark(rows, model, batch_rows: int = 8192):
-    """Add s_<task> columns with the model broadcast once; item IDs are masked (new items)."""
+    """Score feature rows in ``mapInArrow`` (model broadcast once; item IDs masked: new items).
+
+    Returns the rows' key and pass-through columns (user_id, item_id and every column that is not
+    a model feature, e.g. batch, channels, theta) plus s_<task>. The ~100 feature columns go in
+    as float32 and do not come back out: they would double the Arrow traffic for nothing.
+    """
+    from dataclasses import asdict
+
     from pyspark.sql import types as T
 
     from models.ranker import featurize, model_from_bytes, model_to_bytes, predict
 
     spark = rows.sparkSession
-    from dataclasses import asdict
-
+    rows = compact(rows)
+    features = set(input_columns(model.spec.profile_dim)) - {"user_id", "item_id"}
+    keep = [f for f in rows.schema.fields if f.name not in features]
+    keep_names = [f.name for f in keep]
     bc = spark.sparkContext.broadcast({"spec": asdict(model.spec), "blob": model_to_bytes(model)})
-    schema = T.StructType(list(rows.schema.fields) + [T.StructField(f"s_{t}", T.FloatType()) for t in TASKS])
+    schema = T.StructType(keep + [T.StructField(f"s_{t}", T.FloatType()) for t in TASKS])
     cache: dict[str, Any] = {}
 
     def fn(batches):
@@ -395,11 +476,11 @@ def score_in_spark(rows, model, batch_rows: int = 8192):
         for b in batches:
             if b.num_rows == 0:
                 continue
-            cat, dense = featurize(b.to_pandas(), m.spec, mask_item_id=True)
+            cat, dense = featurize(b, m.spec, mask_item_id=True)  # Arrow straight in: no pandas per batch
             s = predict(m, cat, dense, batch_rows)
             yield pa.RecordBatch.from_arrays(
-                list(b.columns) + [pa.array(s[:, k], pa.float32()) for k in range(len(TASKS))],
-                names=list(b.schema.names) + [f"s_{t}" for t in TASKS],
+                [b.column(c) for c in keep_names] + [pa.array(s[:, k], pa.float32()) for k in range(len(TASKS))],
+                names=keep_names + [f"s_{t}" for t in TASKS],
             )
 
     return rows.mapInArrow(fn, schema)

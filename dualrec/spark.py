@@ -35,6 +35,9 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.ui.showConsoleProgress", "false")  # progress is ours (dualrec.progress), not Spark's bars
         .config("spark.sql.sources.partitionOverwriteMode", "static")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        # per-user / per-item feature tables (tens of MB at medium; AQE re-plans with actual sizes) join the candidate pairs by
+        # broadcast instead of shuffling millions of pairs twice (sort-merge); cfg.conf may override
+        .config("spark.sql.autoBroadcastJoinThreshold", "64m")
     )
     if not os.environ.get("SPARK_SUBMIT_OPTS") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
         builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import torch
 
 from dualrec.hashing import hash_bucket
+from models import torch_threads
 from models.torch_io import load_state, save_model, state_to_bytes
 from torch import nn
 
@@ -361,7 +362,7 @@ def _leave_one_out(users: dict[str, torch.Tensor], content: torch.Tensor, liked_
 def train_two_tower(model: TwoTowerModel, data: TrainData, cfg, seed: int, fit_normalizers: bool = True) -> dict[str, Any]:
     """Train in place; returns per-epoch mean losses. Deterministic on CPU given ``seed``."""
     torch.manual_seed(seed)
-    torch.set_num_threads(getattr(cfg, "torch_threads", 2))
+    torch.set_num_threads(torch_threads(getattr(cfg, "torch_threads", 2)))
     rng = np.random.default_rng(seed)
     if data.n == 0:
         log.warning("two-tower: no training pairs; model left as is")

@@ -221,3 +221,56 @@ def test_sa_copy_resets_item_history_to_fresh():
     np.testing.assert_array_equal(d2[:20], dense)
     no_ef = RankerSpec(**{**SPEC.__dict__, "extra_features": False})
     assert fresh_item_values(no_ef, y) == {}
+
+
+def test_featurize_arrow_equals_pandas_and_cleans_nulls_and_nan():
+    """Scoring batches arrive as Arrow: same features as the pandas path; nulls and NaN/inf -> 0."""
+    df = _frame(300, 3)
+    df.loc[::5, "u_rate_like"] = np.nan
+    df.loc[::7, "e_log_imp"] = np.inf
+    t = pa.Table.from_pandas(df)
+    t = t.set_column(t.schema.get_field_index("i_log_duration"), "i_log_duration",
+                     pa.array([None if k % 4 == 0 else 1.5 for k in range(300)], pa.float32()))
+    c_pd, d_pd = featurize(t.to_pandas(), SPEC)
+    for inp in (t, t.to_batches(max_chunksize=128)[1]):
+        c, d = featurize(inp, SPEC)
+        n = len(c)
+        lo = 0 if n == 300 else 128
+        np.testing.assert_array_equal(c, c_pd[lo:lo + n])
+        np.testing.assert_array_equal(d, d_pd[lo:lo + n])
+    assert np.isfinite(d_pd).all()
+    cols = SPEC.dense_columns
+    assert (d_pd[::5, cols.index("u_rate_like")] == 0).all() and (d_pd[::4, cols.index("i_log_duration")] == 0).all()
+    # the cross feature is the profile inner product
+    k0, i0 = cols.index("u_prof_0"), cols.index("i_proj_0")
+    p = SPEC.profile_dim
+    np.testing.assert_allclose(d_pd[:, len(cols)], (d_pd[:, k0:k0 + p] * d_pd[:, i0:i0 + p]).sum(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(labels_of(t), labels_of(df))
+
+
+def test_fused_predict_equals_forward():
+    """predict() runs the towers as two GEMMs; it must equal the module's own forward pass."""
+    import torch
+
+    df = _frame(500, 4)
+    m = new_model(SPEC, 3)
+    with torch.no_grad():
+        m.task_trained.fill_(1.0)
+        m.task_trained[2] = 0.0
+    cat, dense = featurize(df, SPEC)
+    with torch.no_grad():
+        ref = torch.sigmoid(m(torch.from_numpy(cat), torch.from_numpy(dense))).numpy() * m.task_trained.numpy()
+    s = predict(m, cat, dense, batch_rows=128)
+    np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-6)
+    assert (s[:, 2] == 0).all()
+
+
+def test_driver_row_cap_follows_max_result_size(spark):
+    from dualrec.ranking import driver_row_cap, parse_bytes, training_row_bytes
+
+    assert parse_bytes("1g") == 1 << 30 and parse_bytes("512m") == 512 << 20 and parse_bytes("0") == 0
+    assert parse_bytes(None) == 1 << 30
+    rb = training_row_bytes(16)
+    assert 300 < rb < 600  # ~100 float32 features per row
+    limit = parse_bytes(spark.conf.get("spark.driver.maxResultSize", "1g")) or parse_bytes(spark.conf.get("spark.driver.memory", "1g"))
+    assert driver_row_cap(spark, rb) == int(0.5 * limit / rb)
