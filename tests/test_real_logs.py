@@ -81,3 +81,25 @@ def test_cli_evaluate_horizon_days(lake, capsys):
     with pytest.raises(SystemExit) as e:
         main([*base, "--horizon-days", "0"])
     assert e.value.code == 2
+
+
+def test_keep_previous_copies_the_model_and_says_so(tmp_path):
+    from dualrec.artifacts import keep_previous, read_manifest
+
+    lk = Lake(str(tmp_path / "lake"))
+    d0, d1, d2 = DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)
+    with lk.publish_dir(Lake.model_rel("ranker", d0)) as st:
+        lk.write_text(f"{st}/weights.bin", "w0")
+        lk.fs.create_dir(lk.fs_path(f"{st}/sub"))
+        lk.write_text(f"{st}/sub/part.txt", "p0")
+        lk.write_text(f"{st}/manifest.json", json.dumps({"train_end": "2026-01-02", "day": d0.isoformat()}))
+    m1 = keep_previous(lk, "ranker", d1, d0, "no exposures in the training window")
+    m2 = keep_previous(lk, "ranker", d2, d1, "no exposures again")
+    assert lk.model_days("ranker") == [d0, d1, d2]  # complete artefacts, one per day
+    on_disk = read_manifest(lk, "ranker", d2)
+    assert on_disk == m2 and m1["kept_from"] == m2["kept_from"] == d0.isoformat()  # followed to the trained day
+    assert on_disk["kept_previous"] is True and on_disk["reason"] == "no exposures again"
+    assert on_disk["train_end"] == "2026-01-02" and on_disk["day"] == d2.isoformat()
+    rel = Lake.model_rel("ranker", d2)
+    assert lk.read_text(f"{rel}/weights.bin") == "w0" and lk.read_text(f"{rel}/sub/part.txt") == "p0"
+    assert "kept_previous" not in read_manifest(lk, "ranker", d0)
