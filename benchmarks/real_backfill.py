@@ -132,36 +132,49 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lake {lake.root}: {len(all_days)} days of logs; backfilling {days[0]} .. {days[-1]} ({len(days)} days)",
           flush=True)
 
+    prior: dict[str, dict] = {}
+    if args.out and os.path.exists(args.out):  # a resumed run keeps the figures it already has
+        with open(args.out) as fh:
+            prior = {r["date"]: r for r in json.load(fh).get("days", []) if r.get("horizons") == horizons}
     status: dict[str, str] = {}
+    rows: list[dict] = []
     t0 = time.time()
+    eval_s = 0.0
     for n, day in enumerate(days, 1):
+        key = day.isoformat()
         if is_day_done(lake, day):
-            status[day.isoformat()] = "skipped (complete)"
+            status[key] = "skipped (complete)"
+        else:
+            t_day = time.time()
+            try:
+                run_day(lake, day, cfg, progress=lambda msg: log.debug("%s", msg))
+            except Exception as e:  # noqa: BLE001 - reported per day; the backfill stops unless --keep-going
+                status[key] = f"failed: {type(e).__name__}: {e}"
+                print(f"day {n}/{len(days)} {day}: FAILED after {time.time() - t_day:.0f} s: {e}", flush=True)
+                if not args.keep_going:
+                    break
+                continue
+            status[key] = "done"
+            done = sum(v == "done" for v in status.values())
+            eta = (time.time() - t0) / done * (len(days) - n)
+            print(f"day {n}/{len(days)} {day}: done in {time.time() - t_day:.0f} s (ETA {eta / 60:.0f} min)",
+                  flush=True)
+        if args.skip_eval:
             continue
-        t_day = time.time()
-        try:
-            run_day(lake, day, cfg, progress=lambda msg: log.debug("%s", msg))
-        except Exception as e:  # noqa: BLE001 - reported per day; the backfill stops unless --keep-going
-            status[day.isoformat()] = f"failed: {type(e).__name__}: {e}"
-            print(f"day {n}/{len(days)} {day}: FAILED after {time.time() - t_day:.0f} s: {e}", flush=True)
-            if not args.keep_going:
-                break
-            continue
-        status[day.isoformat()] = "done"
-        done = sum(v == "done" for v in status.values())
-        eta = (time.time() - t0) / done * (len(days) - n)
-        print(f"day {n}/{len(days)} {day}: done in {time.time() - t_day:.0f} s (ETA {eta / 60:.0f} min)", flush=True)
-    backfill_s = time.time() - t0
+        if key in prior and status[key].startswith("skipped"):
+            rows.append(prior[key])
+        else:
+            t1 = time.time()
+            rows.append(day_row(lake, day, {h: evaluate(lake, day, cfg, horizon_days=h) for h in horizons}))
+            rows[-1]["horizons"] = horizons
+            eval_s += time.time() - t1
+        print("  " + ", ".join(f"{k}={_num(v).strip()}" for k, v in rows[-1].items() if k not in ("date", "horizons")),
+              flush=True)
+        if args.out:
+            _save(args.out, {"days": rows, "status": status})
+    backfill_s = time.time() - t0 - eval_s
     failed = {d: s for d, s in status.items() if s.startswith("failed")}
     completed = [d for d in days if status.get(d.isoformat(), "").startswith(("done", "skipped"))]
-
-    rows = []
-    t1 = time.time()
-    if not args.skip_eval:
-        for day in completed:
-            by_h = {h: evaluate(lake, day, cfg, horizon_days=h) for h in horizons}
-            rows.append(day_row(lake, day, by_h))
-    eval_s = time.time() - t1
 
     hcols = [f"{who}_h{h}" for h in horizons for who in ("recall", "recall_popular", "recall_random")]
     head = ["date", "active_users", "uploads", "available", "items_covered", "pairs", "hit_rate",
@@ -205,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in summary.items():
         print(f"  {k}: {round(v, 4) if isinstance(v, float) else v}")
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"summary": summary, "days": rows, "status": status}, fh, indent=2, default=str)
+        _save(args.out, {"summary": summary, "days": rows, "status": status})
     return 1 if failed else 0
+
+
+def _save(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
