@@ -154,7 +154,7 @@ def _to_atomic(ml: Path, out: Path) -> Path:
 
 def test_recbole_ml100k_layout_agrees_with_movielens_adapter(tmp_path):
     """RecBole's ml-100k and GroupLens' files of the same ratings give the same lake (but for derived codes)."""
-    src = _to_atomic(FIX / "movielens", tmp_path / "dataset" / "ml-100k")
+    _to_atomic(FIX / "movielens", tmp_path / "dataset" / "ml-100k")
     a, b = Lake(str(tmp_path / "rb")), Lake(str(tmp_path / "ml"))
     sa = ingest("recbole", tmp_path / "dataset", a.root)
     sb = ingest("movielens", FIX / "movielens", b.root)

@@ -181,7 +181,7 @@ def map_inter(df: pd.DataFrame, path: Path, users: np.ndarray, items: np.ndarray
               tz_offset_hours: float) -> tuple[pd.DataFrame, str]:
     """``.inter`` rows -> raw exposures with feedback flags; also which feedback was used."""
     ts = _floats(df[time_field], path, time_field)
-    ts_us = np.round(ts * 1e6).astype(np.int64) + int(round(tz_offset_hours * 3600)) * 1_000_000
+    ts_us = np.round(ts * 1e6).astype(np.int64) + round(tz_offset_hours * 3600) * 1_000_000
     out = pd.DataFrame({"user_id": users, "item_id": items, "ts_us": ts_us, "day": ts_us // US_PER_DAY})
     for f in FLAGS:
         out[f] = np.zeros(len(out), dtype=np.int8)
