@@ -103,3 +103,51 @@ def test_keep_previous_copies_the_model_and_says_so(tmp_path):
     rel = Lake.model_rel("ranker", d2)
     assert lk.read_text(f"{rel}/weights.bin") == "w0" and lk.read_text(f"{rel}/sub/part.txt") == "p0"
     assert "kept_previous" not in read_manifest(lk, "ranker", d0)
+
+
+def _ml_lake_with_gap(tmp_path) -> tuple[Lake, list[dt.date]]:
+    """A MovieLens-style lake: 4 busy days, then a day nobody rates anything, then one more day."""
+    import calendar
+
+    from dualrec.ingest import ingest
+
+    root = tmp_path / "ml"
+    root.mkdir()
+    days = [dt.date(1997, 9, 22) + dt.timedelta(days=k) for k in range(6)]
+    ratings = []
+    for k, d in enumerate(days):
+        if k == 4:
+            continue  # the quiet day
+        t = calendar.timegm((d.year, d.month, d.day, 10, 0, 0, 0, 0, 0))
+        for u in range(1, 9):
+            for i in range(1, 7):
+                ratings.append((u, 10 * k + i, 1 + (u * i + k) % 5, t + 60 * (u * 7 + i)))
+    (root / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings))
+    items = sorted({i for _, i, _, _ in ratings})
+    (root / "u.item").write_text("".join(f"{i}|Movie {i} (1990)|01-Jan-1990||x|{'|'.join(['0'] * 18 + ['1'])}\n"
+                                         for i in items), encoding="latin-1")
+    (root / "u.user").write_text("".join(f"{u}|30|M|other|1234\n" for u in range(1, 9)))
+    lake = Lake(str(tmp_path / "lake"))
+    ingest("movielens", root, lake.root)
+    assert lake.read_table("interactions", days[4]).num_rows == 0
+    return lake, days
+
+
+@pytest.mark.slow
+def test_ranker_keeps_its_model_when_the_incremental_window_is_empty(tmp_path, spark):
+    from dualrec.artifacts import read_manifest
+    from dualrec.ranking import model_for_day
+    from dualrec.stages import rank
+    from dualrec.stages.base import StageContext
+
+    lake, days = _ml_lake_with_gap(tmp_path)
+    cfg = DualRecConfig().with_override("rank.epochs", 1)
+    first = rank.train(StageContext(lake=lake, day=days[4], cfg=cfg, _spark=spark))  # trains on days 0..3
+    assert first["trained"] and first["window"][1] == days[3].isoformat()
+    quiet = rank.train(StageContext(lake=lake, day=days[5], cfg=cfg, _spark=spark))  # window = day 4 only: empty
+    assert quiet["trained"] is False and quiet["kept_previous"] == days[4].isoformat()
+    m = read_manifest(lake, "ranker", days[5])
+    assert m["kept_previous"] is True and m["kept_from"] == days[4].isoformat() and "no exposures" in m["reason"]
+    assert m["train_end"] == days[3].isoformat()  # the next warm start still covers the quiet day
+    m_day, model = model_for_day(lake, days[5])
+    assert m_day == days[5] and model is not None
