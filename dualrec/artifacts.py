@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import posixpath
 from typing import Any
 
-from dualrec.lake import Lake, LakeError, parse_date
+import pyarrow.fs as pafs
+
+from dualrec.lake import SUCCESS, Lake, LakeError, parse_date
 from dualrec.registry import artifact_producer
 
 MANIFEST = "manifest.json"
@@ -69,3 +72,34 @@ def corrupt_error(lake: Lake, name: str, day: dt.date | str, filename: str, err:
         f"artefact {name!r}: {lake.uri(rel)} cannot be loaded ({type(err).__name__}: {detail}); "
         f"rerun stage {artifact_producer(name)!r} for {parse_date(day)}"
     )
+
+
+def keep_previous(lake: Lake, name: str, day: dt.date | str, prev_day: dt.date | str, reason: str) -> dict[str, Any]:
+    """Publish ``_models/<name>/dt=D`` as a copy of the model of ``prev_day``, saying so in its manifest.
+
+    Why: real logs have quiet days (no uploads, no exposures in an incremental training
+    window, a handful of active users). A stage with nothing to train on keeps the previous
+    model instead of stopping the day, and day D still has its own artefact, so loaders, warm
+    starts and the evaluation find one per day. The manifest keeps every field of the previous
+    one (training window, spec, ...) and adds ``kept_previous: true``, ``kept_from`` (the day
+    the weights were trained, followed through earlier kept days) and ``reason``.
+    """
+    day, prev_day = parse_date(day), parse_date(prev_day)
+    src = artifact_rel(name, prev_day)
+    manifest = read_manifest(lake, name, prev_day)
+    manifest.update({
+        "kept_previous": True,
+        "kept_from": manifest.get("kept_from") or prev_day.isoformat(),
+        "reason": reason,
+    })
+    if "day" in manifest:
+        manifest["day"] = day.isoformat()
+    with lake.publish_dir(artifact_rel(name, day)) as staging:
+        for info in lake.fs.get_file_info(pafs.FileSelector(lake.fs_path(src), recursive=True)):
+            rel = posixpath.relpath(info.path, lake.fs_path(src))
+            if info.type == pafs.FileType.Directory:
+                lake.fs.create_dir(lake.fs_path(f"{staging}/{rel}"), recursive=True)
+            elif rel not in (MANIFEST, SUCCESS):
+                lake.fs.copy_file(info.path, lake.fs_path(f"{staging}/{rel}"))
+        lake.write_text(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return manifest

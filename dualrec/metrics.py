@@ -651,10 +651,14 @@ def _ranking(spark_get: Callable[[], Any], lake: Lake, day: dt.date, cfg: DualRe
 
 
 # ============================================================================ evaluate
-def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConfig | None = None, spark=None) -> dict:
+def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConfig | None = None, spark=None,
+             horizon_days: int = 1) -> dict:
     """All SPEC section 6 figures for day D as one nested JSON-ready dict (null where unknown).
 
     Reads only D's outputs and D+1's logs (plus the synthetic truth when present); writes nothing.
+    ``horizon_days`` H: the logged recall (``quality.recall_at_l*``) counts positives over
+    D+1..D+H (the days of that window present in the lake; null when D+1 is absent), because
+    sparse real logs have too few next-day positives; every other figure stays on D+1.
     ``spark`` is only needed by other stages' metric functions; it is created lazily if they
     are importable and none was passed.
     """
@@ -751,13 +755,17 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
     popularity = np.zeros(0)
     if scores_t is not None:
         popularity = scores_t.column("p_active").to_numpy()[av_mask]
+    if horizon_days < 1:
+        raise ValueError(f"horizon_days must be >= 1, got {horizon_days}")
+    later = [_read(lake, "interactions", nxt + dt.timedelta(days=k)) for k in range(1, horizon_days)]
+    inter_h = None if inter_n is None else pa.concat_tables([inter_n, *[t for t in later if t is not None]])
     quality, retrieval = quality_figures(
         score_fn if available is not None else None,
         sample,
         match,
         available if available is not None else np.zeros(0, np.int64),
         popularity,
-        _positives(inter_n),
+        _positives(inter_h),
         cand_long,
         chans,
         L,
@@ -770,6 +778,7 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
         for k in ("recall_at_l_random", "recall_at_l_popular"):
             quality[k] = None
     quality["truth_available"] = score_fn is not None
+    quality["recall_horizon_days"] = horizon_days
     if cand_long is not None and sample.size:
         per = cand_long.drop_duplicates(["item_id", "user_id"]).groupby("item_id").size().reindex(sample, fill_value=0)
         retrieval["candidates_per_item"] = _f(per.mean())

@@ -129,7 +129,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     lake = open_lake(args.lake, must_exist=True)
-    metrics = evaluate(lake, args.date, cfg)
+    metrics = evaluate(lake, args.date, cfg, horizon_days=args.horizon_days)
     path = write_report(lake, args.date, metrics)
     if args.json:
         print(json.dumps(metrics, default=_json_default))
@@ -137,6 +137,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(_format_summary(_flatten_top(metrics), title=f"metrics for {args.date}:"))
         print(f"report: {path}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 def _json_default(v):
@@ -230,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lake", required=True, help="an existing lake")
     e.add_argument("--date", required=True, type=iso_date)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--horizon-days", type=_positive_int, default=1, metavar="H",
+                   help="logged recall counts positives over D+1..D+H (default 1); sparse real logs need more")
     _add_config_args(e)
     e.set_defaults(fn=_cmd_evaluate)
 

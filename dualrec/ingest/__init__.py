@@ -1,4 +1,4 @@
-"""Public-dataset adapters: ``dualrec ingest {movielens,kuairand} --src DIR --lake DIR``.
+"""Public-dataset adapters: ``dualrec ingest {movielens,kuairand,recbole} --src DIR --lake DIR``.
 
 ``ingest(kind, src, lake_root, **opts) -> dict`` reads the user-downloaded files in ``src``
 (nothing is downloaded here), maps them to the four input tables of the lake contract
@@ -10,11 +10,15 @@ same files gives the same lake. The mappings are documented in :mod:`.movielens`
 
 Options (keyword ``opts``), all optional:
 
-* both: ``emb_dim`` (32) content-embedding dimension, ``seed`` (0) projection/hash seed,
-  ``tz_offset_hours`` (MovieLens 0, KuaiRand 8) shift from UTC to the dataset's local day.
+* all: ``emb_dim`` (32) content-embedding dimension, ``seed`` (0) projection/hash seed,
+  ``tz_offset_hours`` (MovieLens and RecBole 0, KuaiRand 8) shift from UTC to the dataset's local day.
 * kuairand: ``include_random`` (True) also read the random-exposure log,
   ``upload_time`` ("upload_dt" | "first_exposure"), ``register_ref`` (YYYY-MM-DD day that
   ``register_days`` counts back from; default the last log day).
+* recbole: ``dataset`` (NAME of ``NAME.inter`` when ``src`` holds several), field names
+  ``user_field`` / ``item_field`` / ``time_field`` / ``rating_field`` / ``label_field``,
+  ``like_threshold`` (4) / ``view_threshold`` (3) on the rating, ``creator_field`` and
+  ``category_field`` of ``.item`` (see :mod:`.recbole`).
 
 Errors: :class:`IngestError` (a ``ValueError``) names the missing/unreadable file or column;
 ``schemas.validate.BadInputError`` lists contract violations (nothing is written then).
@@ -31,7 +35,7 @@ from dualrec.ingest.common import IngestError, write_dataset
 
 log = logging.getLogger(__name__)
 
-KINDS = ("movielens", "kuairand")
+KINDS = ("movielens", "kuairand", "recbole")
 
 
 def load(kind: str, src: str | Path, **opts: Any):
@@ -40,6 +44,8 @@ def load(kind: str, src: str | Path, **opts: Any):
         from dualrec.ingest import movielens as mod
     elif kind == "kuairand":
         from dualrec.ingest import kuairand as mod
+    elif kind == "recbole":
+        from dualrec.ingest import recbole as mod
     else:
         raise IngestError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
     known = [n for n in inspect.signature(mod.load).parameters if n != "src"]
@@ -61,12 +67,12 @@ def ingest(kind: str, src: str | Path, lake_root: str, **opts: Any) -> dict[str,
 
 
 def add_subcommand(sub) -> None:
-    """Register ``dualrec ingest {movielens,kuairand} --src DIR --lake DIR [options]`` on a subparsers object.
+    """Register ``dualrec ingest {movielens,kuairand,recbole} --src DIR --lake DIR [options]`` on a subparsers object.
 
     For ``jobs/cli.py``: ``_EXTRA_COMMANDS.append(add_subcommand)``. Returns exit code 0;
     errors propagate as ``ValueError`` (IngestError / BadInputError), which the CLI maps to 2.
     """
-    p = sub.add_parser("ingest", help="convert a public dataset (MovieLens-100K, KuaiRand-Pure) into a lake")
+    p = sub.add_parser("ingest", help="convert a public dataset (MovieLens-100K, KuaiRand-Pure, RecBole atomic files) into a lake")
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--src", required=True, help="folder with the downloaded files (see docs/datasets.md)")
     p.add_argument("--lake", required=True)
@@ -76,6 +82,11 @@ def add_subcommand(sub) -> None:
     p.add_argument("--no-random-log", action="store_true", help="kuairand: skip log_random_4_22_to_5_08_pure.csv")
     p.add_argument("--upload-time", choices=["upload_dt", "first_exposure"], default="upload_dt", help="kuairand")
     p.add_argument("--register-ref", help="kuairand: day register_days counts back from (default: last log day)")
+    p.add_argument("--dataset", help="recbole: NAME of NAME.inter when --src holds several")
+    p.add_argument("--like-threshold", type=float, default=4.0, help="recbole: rating >= this is a like")
+    p.add_argument("--view-threshold", type=float, default=3.0, help="recbole: rating >= this is a long view")
+    p.add_argument("--creator-field", help="recbole: .item field holding the creator (default: item_id)")
+    p.add_argument("--category-field", help="recbole: .item field holding the category (default: class/genre/...)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=_cmd_ingest)
 
@@ -88,6 +99,9 @@ def _cmd_ingest(args) -> int:
         opts["tz_offset_hours"] = args.tz_offset_hours
     if args.kind == "kuairand":
         opts.update(include_random=not args.no_random_log, upload_time=args.upload_time, register_ref=args.register_ref)
+    if args.kind == "recbole":
+        opts.update(dataset=args.dataset, like_threshold=args.like_threshold, view_threshold=args.view_threshold,
+                    creator_field=args.creator_field, category_field=args.category_field)
     summary = ingest(args.kind, args.src, args.lake, **opts)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -38,8 +38,10 @@ FLAGS = ("is_click", "is_like", "is_comment", "is_follow", "is_share", "is_profi
 EPOCH = dt.date(1970, 1, 1)
 
 
-class IngestError(ValueError):
-    """The source files cannot be ingested; the message names the file and what is wrong."""
+class IngestError(BadInputError):
+    """The source files cannot be ingested; the message names the file and what is wrong.
+
+    A :class:`BadInputError` (so a ``ValueError``): the CLI reports it as bad input, exit 2."""
 
 
 @dataclass

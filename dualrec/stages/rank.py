@@ -18,6 +18,7 @@ import datetime as dt
 from dataclasses import asdict
 import logging
 
+from dualrec.artifacts import keep_previous
 from dualrec.stages.base import StageContext
 
 log = logging.getLogger("dualrec.rank")
@@ -54,12 +55,19 @@ def train(ctx: StageContext) -> dict:
     prev_end = dt.date.fromisoformat(prev.manifest["train_end"]) if prev is not None else None
     start, end, warm = train_window(lake, day, cfg, prev_day if prev is not None else None, prev_end)
     have = [d for d in lake.partitions("interactions") if start <= d <= end]
-    if not have:
-        raise LakeError(f"table 'interactions': no partition in the ranker's training window {start}..{end} "
-                        f"(a date with no prior history)")
-    pdf, g = training_frame(ctx.spark, lake, start, end, cfg, max_rows=cfg.rank.max_train_rows, seed=ctx.seed("rank_sample"))
-    if len(pdf) == 0:
-        raise LakeError(f"ranker: no exposures in the training window {start}..{end}")
+    pdf = None
+    if have:
+        pdf, g = training_frame(ctx.spark, lake, start, end, cfg, max_rows=cfg.rank.max_train_rows,
+                                seed=ctx.seed("rank_sample"))
+    if pdf is None or len(pdf) == 0:
+        reason = (f"no interactions partition in the training window {start}..{end}" if not have
+                  else f"no exposures in the training window {start}..{end}")
+        if prev is None:
+            raise LakeError(f"ranker: {reason} and no earlier model to keep (a date with no prior history)")
+        # a quiet day: keep the previous model (its train_end stays, so the next window covers these days)
+        log.warning("ranker %s: %s; keeping the model of %s", day, reason, prev_day)
+        keep_previous(lake, "ranker", day, prev_day, reason)
+        return {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
     cat, dense = featurize(pdf, spec)
     y = labels_of(pdf)
     model = prev if warm else new_model(spec, ctx.seed("rank_init"))

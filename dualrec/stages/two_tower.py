@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 
+from dualrec.artifacts import read_manifest  # noqa: E402
 from dualrec.config import EXPLICIT_FEEDBACKS  # noqa: E402
 from dualrec.lake import Lake, LakeError, date_range  # noqa: E402
 from dualrec.stages.base import StageContext  # noqa: E402
@@ -87,9 +88,20 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
             warm_from = None
     if model is None:
         model = TwoTowerModel(spec)
-    data = build_train_data(feat_arrow, pos_items, pair_pd, pools, spec)
-    metrics = train_two_tower(model, data, cfg, ctx.seed("two_tower.train"), fit_normalizers=warm_from is None)
+    kept: dict[str, Any] = {}
+    if len(pair_pd) == 0 and warm_from is not None:
+        # a quiet window (no explicit feedback): keep the previous model rather than stop the day
+        reason = f"no positive pairs in the training window {window[0]}..{window[-1]}"
+        log.warning("two_tower %s: %s; keeping the model of %s", day, reason, warm_from)
+        prev_manifest = read_manifest(lake, NAME, warm_from)
+        kept = {"kept_previous": True, "kept_from": prev_manifest.get("kept_from") or warm_from.isoformat(),
+                "reason": reason}
+        metrics = {"pairs": 0, "epoch_loss": []}
+    else:
+        data = build_train_data(feat_arrow, pos_items, pair_pd, pools, spec)
+        metrics = train_two_tower(model, data, cfg, ctx.seed("two_tower.train"), fit_normalizers=warm_from is None)
     manifest = {
+        **kept,
         "day": day.isoformat(),
         "training_window": [window[0].isoformat(), window[-1].isoformat()],
         "warm_start_from": warm_from.isoformat() if warm_from else None,
