@@ -184,11 +184,16 @@ class DispatchConfig:
     L: int = 200
     Q: int = 10
     batches_per_day: int = 24
-    policy: str = "arrival"  # "arrival" (Algorithm 1) or "matching" (our improvement)
+    # "arrival" (Algorithm 1), "matching" (greedy by g per batch), "paced" (online per-item budgets)
+    # or "optimal" (whole-day min-cost flow with a coverage floor); see dualrec/dispatch/policies.py
+    policy: str = "arrival"
     boost_lambda: float = 1.0
-    # Per-batch assignment engine: "numpy" (one Spark task per batch runs the NumPy kernel via
-    # mapInArrow; fastest, see benchmarks/dispatch.py) or "spark" (pure Spark rounds of windows).
-    engine: str = "numpy"
+    # paced: earlier days whose upload curves forecast the rest of the day
+    forecast_days: int = 7
+    # optimal: floor = ceil(optimal_floor_share * fair share); bonuses in units of max g
+    optimal_floor_share: float = 0.5
+    optimal_floor_bonus: float = 1.0
+    optimal_cover_bonus: float = 1.0
 
 
 @dataclass
@@ -318,10 +323,10 @@ def _check(cfg: Any, where: str) -> None:
     if isinstance(cfg, DispatchConfig):
         if cfg.L < 1 or cfg.Q < 1 or cfg.batches_per_day < 1:
             raise ValueError(f"{where}: L, Q and batches_per_day must be >= 1")
-        if cfg.policy not in ("arrival", "matching"):
-            raise ValueError(f"{where}.policy must be 'arrival' or 'matching', got {cfg.policy!r}")
-        if cfg.engine not in ("numpy", "spark"):
-            raise ValueError(f"{where}.engine must be 'numpy' or 'spark', got {cfg.engine!r}")
+        if cfg.policy not in ("arrival", "matching", "paced", "optimal"):
+            raise ValueError(f"{where}.policy must be 'arrival', 'matching', 'paced' or 'optimal', got {cfg.policy!r}")
+        if cfg.forecast_days < 0 or cfg.optimal_floor_share < 0 or cfg.optimal_floor_bonus < 0 or cfg.optimal_cover_bonus < 0:
+            raise ValueError(f"{where}: forecast_days and the optimal_* knobs must be >= 0")
     if isinstance(cfg, ActivityConfig) and cfg.policy not in ("top_n", "probability"):
         raise ValueError(f"{where}.policy must be 'top_n' or 'probability', got {cfg.policy!r}")
     if isinstance(cfg, SparkConfig):
