@@ -200,10 +200,11 @@ class DispatchConfig:
 class MetricsConfig:
     """Evaluation (SPEC 6): sample sizes that keep truth-based metrics cheap at large scale."""
 
-    # truth metrics, baselines and the oracle run on at most this many of the day's items
+    # truth metrics, baselines and the optimum run on at most this many of the day's items
     max_items: int = 2000
-    # oracle / truth-recall candidate pool: a random subset of this many available users
-    oracle_pool_users: int = 20000
+    # the optimum (min-cost flow) and truth recall score every (item, user) pair up to this many
+    # pairs, else a random user pool of optimum_max_pairs // items users (quality.optimum_pool_users)
+    optimum_max_pairs: int = 4_000_000
     # pairs per Truth call (memory bound)
     truth_chunk_pairs: int = 2_000_000
     calibration_bins: int = 10

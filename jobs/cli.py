@@ -94,8 +94,8 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dualrec.metrics import evaluate
-    from dualrec.report import write_report
+    from dualrec.evaluation import evaluate
+    from dualrec.evaluation.report import write_report
 
     lake = open_lake(args.lake)
     metrics = evaluate(lake, args.date, _config(args))
@@ -134,7 +134,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "dispatch.max_du": m.get("dispatch", {}).get("max_du"),
         "quality.feedback_per_pair": m.get("quality", {}).get("feedback_per_pair"),
         "quality.feedback_per_pair_random": m.get("quality", {}).get("feedback_per_pair_random"),
-        "quality.feedback_per_pair_oracle": m.get("quality", {}).get("feedback_per_pair_oracle"),
+        "quality.optimum_ratio": m.get("quality", {}).get("optimum_ratio"),
     }
     print(_format_summary(head, title="demo finished; headline metrics:"))
     print(f"report: {out['report']}")
