@@ -1,6 +1,6 @@
 """Day figures (SPEC section 6), each defined once, as pure functions over small arrays/frames.
 
-Every function here can be checked on ten hand-made rows; :mod:`dualrec.evaluation.evaluate`
+Every function here can be checked on ten hand-made rows; :mod:`dualrec.evaluation.day`
 reads the lake and wires them up.
 """
 

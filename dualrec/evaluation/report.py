@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from dualrec.evaluation.evaluate import REQUIRED_PATHS, flatten, get_path, unflatten  # noqa: E402
+from dualrec.evaluation.day import REQUIRED_PATHS, flatten, get_path, unflatten  # noqa: E402
 from dualrec.evaluation.figures import PAPER_CHANNEL_SHARE, PAPER_HIT_RATE, PAPER_RANK_AUC  # noqa: E402
 from dualrec.lake import Lake, parse_date  # noqa: E402
 
@@ -451,7 +451,7 @@ def write_trend(lake: Lake | str) -> str:
     for d in sorted(history):
         has = lake.exists(f"{REPORTS}/dt={d.isoformat()}/index.html")
         rows.append({"day": d, "link": f"dt={d.isoformat()}/index.html" if has else None,
-                     "values": [fmt(_g(history[d], p), kind) for p, _, kind in cols]})
+                     "cells": [fmt(_g(history[d], p), kind) for p, _, kind in cols]})
     page = _ENV.get_template("trend.html.j2").render(
         n_days=len(history), images=images, columns=[c[1] for c in cols], rows=rows
     )

@@ -265,49 +265,62 @@ def _optimum(score_fn: B.ScoreFn, sample: np.ndarray, users: np.ndarray, L: int,
     }, pool, grid
 
 
-def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], rng) -> tuple[dict, dict]:
-    """Ours vs random / popular / arrival and the optimum on the same items under the same caps."""
-    L, Q, mc = cfg.dispatch.L, cfg.dispatch.Q, cfg.metrics
-    names = ["", *[f"_{b}" for b in BASELINES]]
+def quality_figures(
+    score_fn: B.ScoreFn | None,
+    sample: np.ndarray,
+    ours: pd.DataFrame,
+    available: np.ndarray,
+    popularity: np.ndarray,
+    everyone: np.ndarray,
+    positives_df: pd.DataFrame | None,
+    candidates_long: pd.DataFrame | None,
+    arrival: pd.DataFrame | None,
+    chans: list[str],
+    L: int,
+    Q: int,
+    rng: np.random.Generator,
+    max_pairs: int = 4_000_000,
+    chunk_pairs: int = 2_000_000,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ours vs random / popular / arrival and the optimum on the same items under the same caps.
+
+    ``sample``: item ids in upload order; ``ours``/``arrival``: (item_id, user_id) assignments;
+    ``available``/``popularity``: available users and their p_active; ``everyone``: every known
+    user (for ``optimum_all_users``). ``score_fn`` None (no truth) leaves the feedback figures
+    null; ``positives_df`` None (no D+1 logs) leaves the recall figures null. Returns
+    (quality, retrieval).
+    """
+    sample = np.asarray(sample, dtype=np.int64)
+    available = np.asarray(available, dtype=np.int64)
     q: dict[str, Any] = {}
-    for n in names:
+    for n in ["", *[f"_{b}" for b in BASELINES]]:
         q.update({f"expected_feedback{n}": None, f"feedback_per_pair{n}": None, f"items_reaching_feedback{n}": None,
                   f"recall_at_l{n}": None})
     q.update({"expected_feedback_optimum": None, "expected_feedback_optimum_all_users": None, "optimum_ratio": None,
               "optimum_pool_users": None, "optimum_exact": None, "optimum_all_users_pool_users": None,
-              "items_reaching_feedback_optimum": None, "recall_at_l_macro": None})
-    retrieval: dict[str, Any] = {"truth_recall": {c: None for c in [*chans, "merged"]}}
-    sample = np.zeros(0, np.int64)
-    if inp.items is not None and inp.items.num_rows:
-        sample, _ = _upload_order(inp.items)
-        if sample.size > mc.max_items:
-            sample = sample[np.sort(rng.choice(sample.size, size=mc.max_items, replace=False))]
+              "items_reaching_feedback_optimum": None, "recall_at_l_macro": None, "truth_available": score_fn is not None})
     q["sampled_items"] = int(sample.size)
-    available = inp.available if inp.available is not None else np.zeros(0, np.int64)
-    ours = inp.match[inp.match["item_id"].isin(sample)][["item_id", "user_id"]]
+    retrieval: dict[str, Any] = {"truth_recall": {c: None for c in [*chans, "merged"]}}
+    ours = ours[ours["item_id"].isin(sample)][["item_id", "user_id"]]
     q["pairs"] = int(len(ours))
     assigned: dict[str, pd.DataFrame] = {"": ours}
     if sample.size and available.size:
         it, us = B.random_assign(rng, sample.size, available.size, L, Q)
         assigned["_random"] = pd.DataFrame({"item_id": sample[it], "user_id": available[us]})
-        pop = inp.scores.column("p_active").to_numpy()[inp.available_mask]
-        by_pop = available[np.lexsort((available, -np.asarray(pop, dtype=np.float64)))]
+        by_pop = available[np.lexsort((available, -np.asarray(popularity, dtype=np.float64)))]
         it, us = B.popular_assign(sample.size, available.size, L, Q)
         assigned["_popular"] = pd.DataFrame({"item_id": sample[it], "user_id": by_pop[us]})
-        arr = _arrival_baseline(lake, inp.day, sample, available, L, Q)
-        if arr is not None:
-            assigned["_arrival"] = arr
+        if arrival is not None:
+            assigned["_arrival"] = arrival[arrival["item_id"].isin(sample)][["item_id", "user_id"]]
     for n, df in assigned.items():
         if n:
             q[f"pairs{n}"] = int(len(df))
-    score_fn = truth_scorer(lake, inp.day + dt.timedelta(days=1)) if inp.scores is not None else None
-    q["truth_available"] = score_fn is not None
     if score_fn is not None and sample.size and available.size:
         for n, df in assigned.items():
             u, i = df["user_id"].to_numpy(np.int64), df["item_id"].to_numpy(np.int64)
-            for k, v in feedback_figures(i, sample, B.score_pairs(score_fn, u, i, mc.truth_chunk_pairs)).items():
+            for k, v in feedback_figures(i, sample, B.score_pairs(score_fn, u, i, chunk_pairs)).items():
                 q[f"{k}{n}"] = v
-        opt, pool, grid = _optimum(score_fn, sample, available, L, Q, rng, mc.optimum_max_pairs, mc.truth_chunk_pairs)
+        opt, pool, grid = _optimum(score_fn, sample, available, L, Q, rng, max_pairs, chunk_pairs)
         q["expected_feedback_optimum"] = opt["value"]
         q["optimum_pool_users"], q["optimum_exact"] = opt["pool"], opt["exact"]
         q["items_reaching_feedback_optimum"] = opt["items_reaching_feedback"]
@@ -316,26 +329,47 @@ def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[
         best = B.top_idx(grid, kb)
         del grid
         top = pd.DataFrame({"item_id": np.repeat(sample, kb), "user_id": pool[best.ravel()]})
-        if lake.has_partition("candidates", inp.day):
-            ct = _read(lake, "candidates", inp.day, ["item_id", "user_id", "channels"], pads.field("item_id").isin(pa.array(sample)))
-            cand = _candidates_long(ct)
-            retrieval["truth_recall"] = truth_recall(top, cand, chans, sample)
-            per = cand.drop_duplicates(["item_id", "user_id"]).groupby("item_id").size().reindex(sample, fill_value=0)
-            retrieval["candidates_per_item"] = jf(per.mean())
+        if candidates_long is not None:
+            retrieval["truth_recall"] = truth_recall(top, candidates_long, chans, sample)
         retrieval["truth_best_users_per_item"] = int(kb)
         q["truth_recall_dispatched"] = truth_recall(top, ours.assign(channel="dispatched"), [], sample)["merged"]
-        everyone = _ids(inp.scores)
-        opt_all, _, grid = _optimum(score_fn, sample, everyone, L, Q, rng, mc.optimum_max_pairs, mc.truth_chunk_pairs)
-        del grid
-        q["expected_feedback_optimum_all_users"] = opt_all["value"]
-        q["optimum_all_users_pool_users"] = opt_all["pool"]
-    pos = positives(inp.inter_n)
-    if pos is not None:
-        r = logged_recall(ours, pos, sample)
+        if everyone is not None and len(everyone):
+            opt_all, _, grid = _optimum(score_fn, sample, everyone, L, Q, rng, max_pairs, chunk_pairs)
+            del grid
+            q["expected_feedback_optimum_all_users"] = opt_all["value"]
+            q["optimum_all_users_pool_users"] = opt_all["pool"]
+    if positives_df is not None:
+        r = logged_recall(ours, positives_df, sample)
         q["recall_at_l"], q["recall_at_l_macro"], q["recall_items_with_positives"] = r["micro"], r["macro"], r["items"]
         for n, df in assigned.items():
             if n:
-                q[f"recall_at_l{n}"] = logged_recall(df, pos, sample)["micro"]
+                q[f"recall_at_l{n}"] = logged_recall(df, positives_df, sample)["micro"]
+    return q, retrieval
+
+
+def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], rng) -> tuple[dict, dict]:
+    """Read what :func:`quality_figures` needs (item sample, ranked, candidates, truth, D+1 positives)."""
+    L, Q, mc = cfg.dispatch.L, cfg.dispatch.Q, cfg.metrics
+    sample = np.zeros(0, np.int64)
+    if inp.items is not None and inp.items.num_rows:
+        sample, _ = _upload_order(inp.items)
+        if sample.size > mc.max_items:
+            sample = sample[np.sort(rng.choice(sample.size, size=mc.max_items, replace=False))]
+    available = inp.available if inp.available is not None else np.zeros(0, np.int64)
+    popularity = inp.scores.column("p_active").to_numpy()[inp.available_mask] if inp.scores is not None else np.zeros(0)
+    arrival = _arrival_baseline(lake, inp.day, sample, available, L, Q) if sample.size and available.size else None
+    cand = None
+    if lake.has_partition("candidates", inp.day) and sample.size:
+        ct = _read(lake, "candidates", inp.day, ["item_id", "user_id", "channels"], pads.field("item_id").isin(pa.array(sample)))
+        cand = _candidates_long(ct)
+    score_fn = truth_scorer(lake, inp.day + dt.timedelta(days=1)) if inp.scores is not None else None
+    q, retrieval = quality_figures(
+        score_fn, sample, inp.match, available, popularity, _ids(inp.scores) if inp.scores is not None else None,
+        positives(inp.inter_n), cand, arrival, chans, L, Q, rng, mc.optimum_max_pairs, mc.truth_chunk_pairs,
+    )
+    if cand is not None and sample.size:
+        per = cand.drop_duplicates(["item_id", "user_id"]).groupby("item_id").size().reindex(sample, fill_value=0)
+        retrieval["candidates_per_item"] = jf(per.mean())
     return q, retrieval
 
 
