@@ -264,6 +264,7 @@ def cmd_policies(args) -> list[dict]:
         r = lake.read_table("ranked", day, ["batch", "item_id", "user_id", "g"])
         a = lake.read_table("activity_scores", day)
         avail = np.sort(a.filter(a.column("available")).column("user_id").to_numpy())
+        p_of = pd.Series(a.column("p_active").to_numpy(), index=a.column("user_id").to_numpy())
         source = "the lake's ranked + activity_scores (a pipeline run)"
     else:
         from dualrec.synth.truth import Truth
@@ -271,6 +272,9 @@ def cmd_policies(args) -> list[dict]:
         users = lake.read_table("users", day, ["user_id"]).column("user_id").to_numpy()
         n_avail = args.available or int(np.ceil(Truth.load(args.lake).activity_prob(users, day + dt.timedelta(days=1)).sum()))
         r, avail = truth_ranked(args.lake, day, n_avail, args.cands, args.pool, args.seed)
+        noisy = Truth.load(args.lake).activity_prob(avail, day + dt.timedelta(days=1))
+        noisy = np.clip(noisy + np.random.default_rng(args.seed).normal(0, 0.1, avail.size), 0.01, 1)
+        p_of = pd.Series(noisy, index=avail)  # a noisy activity model, as truth_ranked uses
         source = f"SYNTHETIC ranked table from the hidden truth (no pipeline run), {n_avail} available"
     print(f"# source: {source}", flush=True)
     items = lake.read_table("items", day, ["item_id", "upload_ts"])
@@ -281,6 +285,7 @@ def cmd_policies(args) -> list[dict]:
     rank = pd.Series(np.arange(ids.size), index=ids)
     it, us, g, b = (np.asarray(r.column(c)) for c in ("item_id", "user_id", "g", "batch"))
     ir = rank.reindex(it).to_numpy().astype(np.int64)
+    pa_edge = p_of.reindex(us).fillna(0.0).to_numpy()
     curve = upload_curve(prior_upload_batches(lake, day, 7, args.batches), args.batches)
     score = truth_scorer(lake, day + dt.timedelta(days=1))
     nxt = lake.read_table("visits", day + dt.timedelta(days=1), ["user_id"]).column("user_id").to_numpy()
@@ -295,12 +300,13 @@ def cmd_policies(args) -> list[dict]:
     runs = [(p, p, PolicyParams()) for p in POLICIES]
     if args.sweep:
         runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo))
-                 for fs in (0.25, 0.5, 1.0) for bo in (0.25, 1.0, 4.0) if (fs, bo) != (0.5, 1.0)]
+                 for fs in (0.0, 0.25, 1.0) for bo in (0.25, 1.0) if fs or bo == 1.0]
+        runs += [(f"{p} g only", p, PolicyParams(weight_by_p_active=False)) for p in ("paced", "optimal")]
     rows = []
     for name, policy, params in runs:
         t0 = time.time()
         mask, _ = dispatch_day_arrays(b, it, us, g, ir, avail, args.L, args.Q, policy, batches_per_day=args.batches,
-                                      curve=curve, n_items=ids.size, params=params)
+                                      curve=curve, n_items=ids.size, params=params, p_active=pa_edge)
         secs = time.time() - t0
         per_item = np.bincount(rank.reindex(it[mask]).to_numpy().astype(np.int64), minlength=ids.size)
         vals = B.score_pairs(score, us[mask], it[mask])

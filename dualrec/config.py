@@ -194,6 +194,8 @@ class DispatchConfig:
     optimal_floor_share: float = 0.5
     optimal_floor_bonus: float = 1.0
     optimal_cover_bonus: float = 1.0
+    # paced/optimal rank pairs by g * p_active (the expected feedback of a user who may not come back)
+    weight_by_p_active: bool = True
 
 
 @dataclass

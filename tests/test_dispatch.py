@@ -354,9 +354,11 @@ def _numpy_expected(items, activity, ranked, L, Q, policy):
     rank_of = dict(zip(items.column("item_id").to_numpy()[order].tolist(), range(len(order))))
     it = ranked.column("item_id").to_numpy()
     avail = activity.filter(activity.column("available")).column("user_id").to_numpy()
+    p_of = dict(zip(activity.column("user_id").to_pylist(), activity.column("p_active").to_pylist()))
     mask, states = dispatch_day_arrays(
         ranked.column("batch").to_numpy(), it, ranked.column("user_id").to_numpy(), ranked.column("g").to_numpy(),
         np.array([rank_of[i] for i in it]), avail, L, Q, policy, batches_per_day=4, n_items=items.num_rows,
+        p_active=np.array([p_of[u] for u in ranked.column("user_id").to_pylist()]),
     )
     return {(int(a), int(b)) for a, b in zip(it[mask], ranked.column("user_id").to_numpy()[mask])}, states
 

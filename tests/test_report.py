@@ -51,7 +51,7 @@ def test_day_report_renders_with_all_images(lake, spark):
     assert "97.0 %" in html  # index recall, formatted for people
     assert "<td>two_tower</td><td class=\"v\">57.1 %</td>" in html  # per-channel table: 4 of 7 pairs
     assert "<td>like</td>" in html  # per-task table
-    assert "{" not in html.split("<details>")[0]  # no raw JSON above the full listing
+    assert "{" not in html.split("<body>")[1].split("<details>")[0]  # no raw JSON above the full listing
     assert (path.parent / "metrics.json").is_file()
 
 

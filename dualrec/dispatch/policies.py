@@ -18,6 +18,11 @@
     bonus for the first user (coverage) and for each user up to a floor of
     ``ceil(floor_share · m)``, m = the fair share min(L, ⌊Q·|Ũ| / items⌋). Bonuses are in units of
     max g.
+
+``paced`` and ``optimal`` rank edges by g · p_active(u) when ``weight_by_p_active`` (default): g is
+the expected feedback *if the user sees the item*, and a user who does not come back on D+1 sees
+nothing, so the expected feedback of a pair is about g · p_active. ``arrival`` and ``matching``
+keep the paper's plain g. The published g is always the ranker's g.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class PolicyParams:
     floor_share: float = 0.5
     floor_bonus: float = 1.0
     cover_bonus: float = 1.0
+    weight_by_p_active: bool = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PolicyParams":
@@ -47,7 +53,15 @@ class PolicyParams:
             floor_share=float(getattr(cfg, "optimal_floor_share", cls.floor_share)),
             floor_bonus=float(getattr(cfg, "optimal_floor_bonus", cls.floor_bonus)),
             cover_bonus=float(getattr(cfg, "optimal_cover_bonus", cls.cover_bonus)),
+            weight_by_p_active=bool(getattr(cfg, "weight_by_p_active", cls.weight_by_p_active)),
         )
+
+
+def kernel_scores(policy: str, g: np.ndarray, p_active: np.ndarray | None, params: PolicyParams) -> np.ndarray:
+    """The score a policy's kernel ranks by: g, or g · p_active for paced/optimal (see module doc)."""
+    if p_active is None or policy not in ("paced", "optimal") or not params.weight_by_p_active:
+        return np.asarray(g)
+    return np.asarray(g, dtype=np.float64) * np.asarray(p_active, dtype=np.float64)
 
 
 def check_policy(policy: str) -> None:
@@ -105,20 +119,21 @@ def batch_kernel(policy: str) -> str:
 def dispatch_day_arrays(
     batch: Any, item_ids: Any, user_ids: Any, g: Any, item_rank: Any, available_users: Any, L: int, Q: int,
     policy: str = "arrival", *, batches_per_day: int | None = None, curve: np.ndarray | None = None,
-    n_items: int | None = None, params: PolicyParams = PolicyParams(),
+    n_items: int | None = None, params: PolicyParams = PolicyParams(), p_active: Any = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """A whole day in NumPy: batches in order, the store carried across them (the same rules as
     the Spark stage; benchmarks and evaluation use it).
 
     ``n_items``: the day's uploads (default: items with edges); ``curve``: :func:`upload_curve`
-    of earlier days (``paced``). Returns the selected-edge mask and, per batch, |D_u| of every
+    of earlier days (``paced``); ``p_active``: per edge, the user's p_active (see
+    :func:`kernel_scores`). Returns the selected-edge mask and, per batch, |D_u| of every
     user in ``available_users`` (sorted by user_id) after that batch.
     """
     check_policy(policy)
     batch = np.asarray(batch, dtype=np.int64)
     item_ids = np.asarray(item_ids, dtype=np.int64)
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    g = np.asarray(g)
+    g = kernel_scores(policy, np.asarray(g), p_active, params)
     item_rank = np.asarray(item_rank, dtype=np.int64)
     users = np.unique(np.asarray(available_users, dtype=np.int64))
     nb = int(batches_per_day if batches_per_day is not None else (batch.max() + 1 if batch.size else 1))

@@ -31,6 +31,7 @@ from dualrec.dispatch.policies import (
     batch_kernel,
     check_policy,
     forecast_remaining,
+    kernel_scores,
     optimal_floor,
     paced_budget,
 )
@@ -141,7 +142,7 @@ def check_invariants(match_sets_df, available_users_df, store0_df, L: int, Q: in
         raise DispatchInvariantError("dispatch invariant(s) violated, nothing published: " + "; ".join(problems))
 
 
-_EDGE_COLS = ["batch", "item_id", "user_id", "g", "item_rank", "channels"]
+_EDGE_COLS = ["batch", "item_id", "user_id", "g", "item_rank", "channels", "p_active"]
 
 
 def _kernel_arrow(batches: Iterator[pa.RecordBatch], policy: str, L: int, floor: int,
@@ -155,6 +156,8 @@ def _kernel_arrow(batches: Iterator[pa.RecordBatch], policy: str, L: int, floor:
     if t.num_rows == 0:
         return
     cols = [t.column(c).to_numpy() for c in ("item_id", "user_id", "g", "item_rank", "cap")]
+    p_active = t.column("p_active").to_numpy() if "p_active" in t.column_names else None
+    cols[2] = kernel_scores(policy, cols[2], p_active, params)
     if policy == "optimal":
         mask = assign_optimal(*cols, L, floor, params)
     else:
@@ -202,7 +205,7 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
     edges = (
         ranked_df.select("item_id", "user_id", "g", "channels")
         .join(order, "item_id")
-        .join(store0.select("user_id"), "user_id")  # only initially available users
+        .join(activity_df.filter(F.col("available")).select("user_id", "p_active"), "user_id")  # available only
         .select(*_EDGE_COLS)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -213,7 +216,7 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
     if policy == "optimal":
         floor = optimal_floor(n_items, n_users, L, Q, params)
         day_sel = assign_edges(edges.withColumn("cap", F.lit(Q).cast("int")), policy, L, floor, params)
-        day_sel = day_sel.drop("cap").localCheckpoint()
+        day_sel = day_sel.drop("cap", "p_active").localCheckpoint()
     slots = n_users * Q
     seen = 0
     for b in range(batches_per_day):
@@ -232,7 +235,7 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
                     .withColumn("cap", (F.lit(Q) - F.col("matched")).cast("int"))
                     .drop("matched")
                 )
-                sel = assign_edges(eb, policy, cap_item).drop("cap")
+                sel = assign_edges(eb, policy, cap_item, params=params).drop("cap", "p_active")
             sel = sel.localCheckpoint()
             n_sel = sel.count()
             slots -= n_sel
@@ -244,7 +247,7 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
     if selected:
         sel_all = functools.reduce(lambda a, c: a.unionByName(c), selected)
     else:
-        sel_all = spark.createDataFrame([], edges.drop("item_rank").schema)
+        sel_all = spark.createDataFrame([], edges.drop("item_rank", "p_active").schema)
     match_sets = add_rank_in_item(sel_all).localCheckpoint()
     available = functools.reduce(lambda a, c: a.unionByName(c), snapshots).select(
         "batch", "user_id", "matched", "available"
