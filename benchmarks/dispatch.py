@@ -346,6 +346,55 @@ def cmd_policies(args) -> list[dict]:
     return rows
 
 
+def cmd_available(args) -> list[dict]:
+    """Issue 15 item 3: the size N of the available set against hit rate, coverage and expected
+    feedback (synthetic world, candidates from the truth-based stand-in ranked table, which is
+    rebuilt for each N because retrieval only searches available users)."""
+    import pandas as pd
+
+    from dualrec.evaluation import baselines as B
+    from dualrec.evaluation.day import truth_scorer
+    from dualrec.evaluation.figures import creator_figures, feedback_figures
+    from dualrec.lake import Lake
+    from dualrec.synth.truth import Truth
+
+    day = dt.date.fromisoformat(args.date)
+    lake = Lake(args.lake)
+    truth = Truth.load(args.lake)
+    users = lake.read_table("users", day, ["user_id"]).column("user_id").to_numpy()
+    expected = float(truth.activity_prob(users, day + dt.timedelta(days=1)).sum())
+    items = lake.read_table("items", day, ["item_id", "upload_ts"])
+    us_ts = items.column("upload_ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    ids = items.column("item_id").to_numpy()[np.lexsort((items.column("item_id").to_numpy(), us_ts))]
+    rank = pd.Series(np.arange(ids.size), index=ids)
+    score = truth_scorer(lake, day + dt.timedelta(days=1))
+    nxt = lake.read_table("visits", day + dt.timedelta(days=1), ["user_id"]).column("user_id").to_numpy()
+    print(f"# {args.lake} {day}: {len(users)} users, expected visitors {expected:.0f}, {ids.size} items", flush=True)
+    rows = []
+    for f in [float(x) for x in args.factors.split(",")]:
+        n = min(len(users), int(round(f * expected)))
+        r, avail = truth_ranked(args.lake, day, n, args.cands, args.pool, args.seed)
+        p = truth.activity_prob(avail, day + dt.timedelta(days=1))
+        p_of = pd.Series(np.clip(p + np.random.default_rng(args.seed).normal(0, 0.1, avail.size), 0.01, 1), index=avail)
+        it, us, g, b = (np.asarray(r.column(c)) for c in ("item_id", "user_id", "g", "batch"))
+        ir = rank.reindex(it).to_numpy().astype(np.int64)
+        for policy in args.policies.split(","):
+            mask, _ = dispatch_day_arrays(b, it, us, g, ir, avail, args.L, args.Q, policy, batches_per_day=args.batches,
+                                          n_items=ids.size, p_active=p_of.reindex(us).to_numpy())
+            per_item = np.bincount(rank.reindex(it[mask]).to_numpy().astype(np.int64), minlength=ids.size)
+            ff = feedback_figures(it[mask], ids, B.score_pairs(score, us[mask], it[mask]))
+            row = {"n_over_expected": f, "available": int(avail.size), "policy": policy,
+                   "hit_rate": round(float(np.isin(np.unique(us[mask]), nxt).mean()), 4) if mask.any() else None,
+                   "coverage": creator_figures(per_item, avail.size, args.L, args.Q)["coverage"],
+                   "expected_feedback": round(ff["expected_feedback"], 1), "pairs": int(mask.sum())}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return rows
+
+
 def _pos(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     s = np.sort(sorted_ids)
     idx = np.argsort(sorted_ids)
@@ -377,15 +426,24 @@ def main(argv: list[str] | None = None) -> int:
     pol.add_argument("--available", type=int, default=0, help="without a run: available users (default: expected visitors)")
     pol.add_argument("--cands", type=int, default=1000)
     pol.add_argument("--pool", type=int, default=3000)
+    av = sub.add_parser("available")
+    av.add_argument("--lake", required=True)
+    av.add_argument("--date", required=True)
+    av.add_argument("--factors", default="0.5,0.75,1,1.5,2,3", help="N as multiples of the expected visitors")
+    av.add_argument("--cands", type=int, default=1000)
+    av.add_argument("--pool", type=int, default=3000)
+    av.add_argument("--json")
     for q in (a, s):
         q.add_argument("--policies", default=",".join(POLICIES))
-    for q in (a, s, f, pol):
+    av.add_argument("--policies", default="arrival,optimal")
+    for q in (a, s, f, pol, av):
         q.add_argument("--L", type=int, default=200)
         q.add_argument("--Q", type=int, default=10)
         q.add_argument("--batches", type=int, default=24)
         q.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    {"assign": cmd_assign, "spark": cmd_spark, "figure9": cmd_figure9, "policies": cmd_policies}[args.cmd](args)
+    {"assign": cmd_assign, "spark": cmd_spark, "figure9": cmd_figure9, "policies": cmd_policies,
+     "available": cmd_available}[args.cmd](args)
     return 0
 
 
