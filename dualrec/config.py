@@ -186,7 +186,7 @@ class DispatchConfig:
     batches_per_day: int = 24
     # "arrival" (Algorithm 1), "matching" (greedy by g per batch), "paced" (online per-item budgets)
     # or "optimal" (whole-day min-cost flow with a coverage floor); see dualrec/dispatch/policies.py
-    policy: str = "arrival"
+    policy: str = "optimal"
     boost_lambda: float = 1.0
     # paced: earlier days whose upload curves forecast the rest of the day
     forecast_days: int = 7

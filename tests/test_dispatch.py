@@ -407,13 +407,14 @@ def test_rerun_is_identical_and_batch_rerun_from_store(tmp_path, spark):
     from dualrec.dispatch import assign_arrays as kernel
 
     lake, items, activity, ranked = _lake(tmp_path, seed=1)
-    ctx = _ctx(lake, spark)
-    run(ctx)
-    first = {t: lake.read_table(t, DAY) for t in ("match_sets", "available_users", "user_match_sets")}
-    run(ctx)
     keys = {"match_sets": ["user_id", "item_id"], "available_users": ["batch", "user_id"], "user_match_sets": ["user_id"]}
-    for t, k in keys.items():
-        assert _sorted(lake.read_table(t, DAY), k).equals(_sorted(first[t], k)), t
+    for policy in ("optimal", "arrival"):  # the default, then the online Algorithm 1 (its state is rerun below)
+        ctx = _ctx(lake, spark, policy=policy)
+        run(ctx)
+        first = {t: lake.read_table(t, DAY) for t in ("match_sets", "available_users", "user_match_sets")}
+        run(ctx)
+        for t, k in keys.items():
+            assert _sorted(lake.read_table(t, DAY), k).equals(_sorted(first[t], k)), (policy, t)
     # rerun batch b alone from the published state after b-1: same assignment, same state after b
     au, ms = first["available_users"], first["match_sets"]
     order = np.lexsort((items.column("item_id").to_numpy(), items.column("upload_ts").cast(pa.int64()).to_numpy()))
