@@ -393,6 +393,12 @@ def test_optimum_equals_the_lp_and_bounds_algorithm1():
     assert values[a_it, a_us].sum() <= total + 1e-9
 
 
+def test_coverage_by_hour_follows_the_given_item_order():
+    match = pd.DataFrame({"item_id": [7], "user_id": [1]})
+    d = FG.dispatch_figures(match, np.array([9, 7]), np.array([1, 2]), L=2, Q=1, upload_hour=np.array([3, 20]))
+    assert d["coverage_by_hour"][3] == 0.0 and d["coverage_by_hour"][20] == 1.0 and d["coverage"] == 0.5
+
+
 def test_creator_figures_and_feedback_figures():
     per_item = np.array([0, 1, 4, 5])
     f = FG.creator_figures(per_item, n_available=3, L=5, Q=4)  # m = min(5, 12 // 4) = 3

@@ -174,7 +174,8 @@ def dispatch_figures(
 ) -> dict[str, Any]:
     """Coverage, creator figures, |D_u| distribution and usage from match_sets rows (item_id, user_id)."""
     items_present = item_ids is not None
-    item_ids = np.unique(np.asarray(item_ids if items_present else match["item_id"].unique(), dtype=np.int64))
+    # order kept (upload_hour is aligned with item_ids); an item listed twice counts once
+    item_ids = pd.unique(np.asarray(item_ids if items_present else match["item_id"].unique(), dtype=np.int64))
     per_item = users_per_item(match, item_ids)
     counts = du_counts(match["user_id"].to_numpy())
     n_users = int(counts.size)
