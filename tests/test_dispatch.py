@@ -488,3 +488,19 @@ def test_apply_boost_and_job(tmp_path, spark):
         want = 1.0 + 2 * gmap.get((r["user_id"], r["item_id"]), 0.0)
         assert r["f_prime"] == pytest.approx(want, rel=1e-6)
     assert boost_main(["--lake", lake.root, "--date", str(DAY), "--input", str(tmp_path / "missing.parquet"), "--output", str(dst)]) != 0
+
+
+def test_prior_upload_batches_reads_only_earlier_days(tmp_path):
+    from dualrec.stages.dispatch import prior_upload_batches
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_meta({"emb_dim": 4})
+    for k, d in enumerate([DAY - dt.timedelta(days=2), DAY - dt.timedelta(days=1), DAY]):
+        items, _, _ = _world(seed=k, n_items=6 + k)
+        shift = dt.timedelta(days=(d - DAY).days)
+        ts = pa.array([t + shift for t in items.column("upload_ts").to_pylist()], pa.timestamp("us", tz="UTC"))
+        lake.write_table("items", d, items.set_column(2, "upload_ts", ts))
+    got = prior_upload_batches(lake, DAY, 7, 4)
+    assert [len(b) for b in got] == [7, 6]  # D-1 then D-2; day D itself is never read
+    assert all(((b >= 0) & (b < 4)).all() for b in got)
+    assert upload_curve(got, 4).sum() == pytest.approx(6.5)
