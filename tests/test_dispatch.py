@@ -504,3 +504,20 @@ def test_prior_upload_batches_reads_only_earlier_days(tmp_path):
     assert [len(b) for b in got] == [7, 6]  # D-1 then D-2; day D itself is never read
     assert all(((b >= 0) & (b < 4)).all() for b in got)
     assert upload_curve(got, 4).sum() == pytest.approx(6.5)
+
+
+def test_optimal_covers_as_many_items_as_any_assignment_can():
+    """The coverage bonus (2 x max g for an item's first user) reaches the maximum coverage on
+    random instances with heavy-tailed g (fixed seed; the bonus is not a lexicographic guarantee)."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        ni, nu = int(rng.integers(2, 12)), int(rng.integers(1, 10))
+        pairs = [(i, u) for i in range(ni) for u in range(nu) if rng.random() < 0.4]
+        if not pairs:
+            continue
+        it, us = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        g = rng.lognormal(0, 1.5, len(pairs))
+        L, Q = int(rng.integers(1, 5)), int(rng.integers(1, 3))
+        mask, _ = dispatch_day_arrays(np.zeros(len(g), int), it, us, g, it, np.arange(nu), L, Q, "optimal")
+        best = assign_arrays(it, us, np.full(len(g), 1e-6), it, Q, L, "flow", floor=1, cover_bonus=1e6)
+        assert len(set(it[mask])) == len(set(it[best]))
