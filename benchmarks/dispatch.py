@@ -302,6 +302,7 @@ def cmd_policies(args) -> list[dict]:
         runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo))
                  for fs in (0.0, 0.25, 1.0) for bo in (0.25, 1.0) if fs or bo == 1.0]
         runs += [(f"{p} g only", p, PolicyParams(weight_by_p_active=False)) for p in ("paced", "optimal")]
+        runs += [("optimal g only fs=1.0", "optimal", PolicyParams(floor_share=1.0, weight_by_p_active=False))]
     t0 = time.time()
     cand_vals = B.score_pairs(score, us, it)
     cand_mask = assign_arrays(it, us, cand_vals, ir, {int(u): args.Q for u in avail}, args.L, "flow")

@@ -191,11 +191,11 @@ class DispatchConfig:
     # paced: earlier days whose upload curves forecast the rest of the day
     forecast_days: int = 7
     # optimal: floor = ceil(optimal_floor_share * fair share); bonuses in units of max g
-    optimal_floor_share: float = 0.5
+    optimal_floor_share: float = 1.0
     optimal_floor_bonus: float = 1.0
     optimal_cover_bonus: float = 1.0
-    # paced/optimal rank pairs by g * p_active (the expected feedback of a user who may not come back)
-    weight_by_p_active: bool = True
+    # paced/optimal rank pairs by g * p_active instead of g (measured worse on a real run of tiny: off)
+    weight_by_p_active: bool = False
 
 
 @dataclass

@@ -19,10 +19,13 @@
     ``ceil(floor_share · m)``, m = the fair share min(L, ⌊Q·|Ũ| / items⌋). Bonuses are in units of
     max g.
 
-``paced`` and ``optimal`` rank edges by g · p_active(u) when ``weight_by_p_active`` (default): g is
-the expected feedback *if the user sees the item*, and a user who does not come back on D+1 sees
-nothing, so the expected feedback of a pair is about g · p_active. ``arrival`` and ``matching``
-keep the paper's plain g. The published g is always the ranker's g.
+``paced`` and ``optimal`` can rank edges by g · p_active(u) (``weight_by_p_active``): g is the
+expected feedback *if the user sees the item*, so in theory a pair is worth about g · p_active.
+Measured on a real run of tiny it is worse (optimal 780 vs 795 expected feedback), so it is off
+by default. The published g is always the ranker's g.
+
+Default knobs (``floor_share`` 1.0, g only) were chosen by ``benchmarks/dispatch.py policies
+--sweep``: the best creator figures within 5 % of the best expected feedback (BENCHMARKS 6b).
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ POLICIES = ("arrival", "matching", "paced", "optimal")
 class PolicyParams:
     """Knobs of ``paced`` and ``optimal`` (``DispatchConfig``)."""
 
-    floor_share: float = 0.5
+    floor_share: float = 1.0
     floor_bonus: float = 1.0
     cover_bonus: float = 1.0
-    weight_by_p_active: bool = True
+    weight_by_p_active: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PolicyParams":
