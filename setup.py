@@ -25,6 +25,9 @@ setup(
         "pandas>=2.2,<3",
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
+        "jinja2>=3.1",
+        # min-cost flow: the optimal dispatch policy and the evaluation's exact optimum
+        "ortools>=9.10",
         "pyyaml>=6",
         "filelock>=3.12",
         "rich>=13",

@@ -37,7 +37,6 @@ import os
 import re
 import resource
 import shutil
-import stat
 import subprocess
 import sys
 import threading

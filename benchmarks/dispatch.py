@@ -1,9 +1,15 @@
-"""Dispatch benchmarks: assignment speed and quality of both policies/engines, and Figure 9.
+"""Dispatch benchmarks: the policy table on a real day, assignment speed, the stage, Figure 9.
 
-    python benchmarks/dispatch.py assign --preset medium            # NumPy kernel, whole day
-    python benchmarks/dispatch.py assign --preset large
-    python benchmarks/dispatch.py spark --items 1000                # the stage, both engines
+    python benchmarks/dispatch.py policies --lake DIR --date D      # policy x creator figures (needs a run day)
+    python benchmarks/dispatch.py assign --preset medium            # NumPy kernels, whole day
+    python benchmarks/dispatch.py spark --items 1000                # the Spark stage, every policy
     python benchmarks/dispatch.py figure9 --lake /tmp/small --date 2026-01-10   # |D_u| with/without store
+
+``policies`` reads the day's ``ranked``, ``activity_scores`` and ``items`` (and earlier days'
+``items`` for the paced forecast), runs every policy with the product's NumPy code (the same
+kernels the Spark stage runs) and scores each with the synthetic truth: coverage, fair_served,
+items_reaching_feedback, expected_feedback, optimum_ratio (against the exact min-cost-flow
+optimum over every (item, available user) pair) and the hit rate on D+1's visits.
 
 ``assign`` and ``spark`` use SYNTHETIC candidate edges with realistic skew (not a ranked table):
 user popularity is lognormal (heavy users sit in many candidate lists, as retrieval favours
@@ -26,7 +32,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from dualrec.dispatch import dispatch_day_arrays, dispatch_without_store
+from dualrec.dispatch import POLICIES, PolicyParams, assign_arrays, dispatch_day_arrays
+from dualrec.evaluation.baselines import dispatch_without_store
 
 SIZES = {  # items/day, registered users, available users, mean candidates per item
     "small": (1_000, 20_000, 12_000, 1000),
@@ -80,9 +87,10 @@ def cmd_assign(args) -> list[dict]:
           f"(synthetic, generated in {time.time() - t0:.1f}s); L={args.L} Q={args.Q} batches={args.batches}",
           flush=True)
     out = []
-    for policy in ("arrival", "matching"):
+    for policy in args.policies.split(","):
         t0 = time.time()
-        mask, _ = dispatch_day_arrays(e["batch"], e["item"], e["user"], e["g"], e["item"], e["users"], args.L, args.Q, policy)
+        mask, _ = dispatch_day_arrays(e["batch"], e["item"], e["user"], e["g"], e["item"], e["users"], args.L, args.Q, policy,
+                                      batches_per_day=args.batches, n_items=n_items)
         secs = time.time() - t0
         row = {"preset": args.preset, "engine": "numpy", "policy": policy, "edges": n, "seconds": round(secs, 2),
                "edges_per_s": round(n / secs), **summarize(mask, e, n_items, args.L)}
@@ -135,7 +143,7 @@ def _write_world(lake, day: dt.date, e: dict[str, np.ndarray], n_items: int, bat
 
 
 def cmd_spark(args) -> list[dict]:
-    """The real stage on a tmp lake, both engines and both policies (same edges)."""
+    """The real stage on a tmp lake, every policy (same edges), checked against the NumPy driver."""
     from dualrec.config import DualRecConfig, SparkConfig
     from dualrec.lake import Lake
     from dualrec.spark import get_spark
@@ -151,15 +159,15 @@ def cmd_spark(args) -> list[dict]:
         lake = Lake(tmp)
         _write_world(lake, day, e, args.items, args.batches)
         print(f"# spark stage: {args.items} items, {n_avail} users, {len(e['g']):,} edges, batches={args.batches}", flush=True)
-        for engine in args.engines.split(","):
-            for policy in ("arrival", "matching"):
+        for engine in ("numpy",):
+            for policy in args.policies.split(","):
                 cfg = DualRecConfig.from_dict({"dispatch": {"L": args.L, "Q": args.Q, "batches_per_day": args.batches,
-                                                            "policy": policy, "engine": engine}})
+                                                            "policy": policy}})
                 t0 = time.time()
                 stats = run(StageContext(lake=lake, day=day, cfg=cfg, _spark=spark))
                 secs = time.time() - t0
                 mask, _ = dispatch_day_arrays(e["batch"], e["item"], e["user"], e["g"], e["item"], e["users"],
-                                              args.L, args.Q, policy)
+                                              args.L, args.Q, policy, batches_per_day=args.batches, n_items=args.items)
                 ref = summarize(mask, e, args.items, args.L)
                 row = {"engine": engine, "policy": policy, "edges": len(e["g"]), "stage_seconds": round(secs, 1),
                        "edges_per_s": round(len(e["g"]) / secs), "pairs": stats["pairs"],
@@ -239,6 +247,165 @@ def cmd_figure9(args) -> dict:
     return res
 
 
+def cmd_policies(args) -> list[dict]:
+    """Every policy on one run day of a synthetic lake, scored with the truth (the BENCHMARKS table)."""
+    import pandas as pd
+
+    from dualrec.dispatch import upload_curve
+    from dualrec.evaluation import baselines as B
+    from dualrec.evaluation.day import truth_scorer
+    from dualrec.evaluation.figures import creator_figures, feedback_figures
+    from dualrec.lake import Lake
+    from dualrec.stages.dispatch import prior_upload_batches
+
+    day = dt.date.fromisoformat(args.date)
+    lake = Lake(args.lake)
+    if lake.has_partition("ranked", day) and lake.has_partition("activity_scores", day):
+        r = lake.read_table("ranked", day, ["batch", "item_id", "user_id", "g"])
+        a = lake.read_table("activity_scores", day)
+        avail = np.sort(a.filter(a.column("available")).column("user_id").to_numpy())
+        p_of = pd.Series(a.column("p_active").to_numpy(), index=a.column("user_id").to_numpy())
+        source = "the lake's ranked + activity_scores (a pipeline run)"
+    else:
+        from dualrec.synth.truth import Truth
+
+        users = lake.read_table("users", day, ["user_id"]).column("user_id").to_numpy()
+        n_avail = args.available or int(np.ceil(Truth.load(args.lake).activity_prob(users, day + dt.timedelta(days=1)).sum()))
+        r, avail = truth_ranked(args.lake, day, n_avail, args.cands, args.pool, args.seed)
+        noisy = Truth.load(args.lake).activity_prob(avail, day + dt.timedelta(days=1))
+        noisy = np.clip(noisy + np.random.default_rng(args.seed).normal(0, 0.1, avail.size), 0.01, 1)
+        p_of = pd.Series(noisy, index=avail)  # a noisy activity model, as truth_ranked uses
+        source = f"SYNTHETIC ranked table from the hidden truth (no pipeline run), {n_avail} available"
+    print(f"# source: {source}", flush=True)
+    items = lake.read_table("items", day, ["item_id", "upload_ts"])
+    us_ts = items.column("upload_ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    order = np.lexsort((items.column("item_id").to_numpy(), us_ts))
+    ids = items.column("item_id").to_numpy()[order]
+    hour = ((us_ts[order] // 1_000_000) % 86_400) // 3_600
+    rank = pd.Series(np.arange(ids.size), index=ids)
+    it, us, g, b = (np.asarray(r.column(c)) for c in ("item_id", "user_id", "g", "batch"))
+    ir = rank.reindex(it).to_numpy().astype(np.int64)
+    pa_edge = p_of.reindex(us).fillna(0.0).to_numpy()
+    curve = upload_curve(prior_upload_batches(lake, day, 7, args.batches), args.batches)
+    score = truth_scorer(lake, day + dt.timedelta(days=1))
+    nxt = lake.read_table("visits", day + dt.timedelta(days=1), ["user_id"]).column("user_id").to_numpy()
+    t0 = time.time()
+    pool = B.pool_for(np.random.default_rng(args.seed), avail, ids.size, args.max_pairs)
+    o_it, o_us, opt = B.optimum_assign(B.truth_grid(score, ids, pool), args.L, args.Q)
+    opt_s = time.time() - t0
+    print(f"# {args.lake} {day}: {ids.size} items, {avail.size} available users, {len(g):,} ranked edges, "
+          f"capacity {avail.size * args.Q:,} slots vs demand {ids.size * args.L:,}; optimum over "
+          f"{'every' if pool.size == avail.size else f'a pool of {pool.size}'} available user(s): {opt:.1f} ({opt_s:.0f}s)",
+          flush=True)
+    runs = [(p, p, PolicyParams()) for p in POLICIES]
+    if args.sweep:
+        runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo))
+                 for fs in (0.0, 0.25, 1.0) for bo in (0.25, 1.0) if fs or bo == 1.0]
+        runs += [(f"{p} g only", p, PolicyParams(weight_by_p_active=False)) for p in ("paced", "optimal")]
+        runs += [("optimal g only fs=1.0", "optimal", PolicyParams(floor_share=1.0, weight_by_p_active=False))]
+    t0 = time.time()
+    cand_vals = B.score_pairs(score, us, it)
+    cand_mask = assign_arrays(it, us, cand_vals, ir, {int(u): args.Q for u in avail}, args.L, "flow")
+    cand_opt = float(cand_vals[cand_mask].sum())
+    print(f"# optimum over the ranked candidate edges only (truth values): {cand_opt:.1f} ({time.time() - t0:.0f}s); "
+          "of_candidate_optimum = a policy's share of what its candidates allow", flush=True)
+    rows = []
+    for name, policy, params in runs:
+        t0 = time.time()
+        mask, _ = dispatch_day_arrays(b, it, us, g, ir, avail, args.L, args.Q, policy, batches_per_day=args.batches,
+                                      curve=curve, n_items=ids.size, params=params, p_active=pa_edge)
+        secs = time.time() - t0
+        per_item = np.bincount(rank.reindex(it[mask]).to_numpy().astype(np.int64), minlength=ids.size)
+        vals = B.score_pairs(score, us[mask], it[mask])
+        ff = feedback_figures(it[mask], ids, vals)
+        cf = creator_figures(per_item, avail.size, args.L, args.Q)
+        late = hour >= 18
+        row = {
+            "policy": name, "coverage": cf["coverage"], "fair_served": cf["fair_served"],
+            "items_reaching_feedback": ff["items_reaching_feedback"], "expected_feedback": round(ff["expected_feedback"], 2),
+            "optimum_ratio": round(ff["expected_feedback"] / opt, 4) if opt else None,
+            "of_candidate_optimum": round(ff["expected_feedback"] / cand_opt, 4) if cand_opt else None,
+            "hit_rate": float(np.isin(np.unique(us[mask]), nxt).mean()) if mask.any() else None,
+            "coverage_after_18h": float((per_item[late] > 0).mean()) if late.any() else None,
+            "gini": cf["users_per_item_gini"], "pairs": int(mask.sum()), "total_g": round(float(g[mask].sum()), 2),
+            "fair_share": cf["fair_share"], "seconds": round(secs, 2),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    vals = B.truth_grid(score, ids, pool)[o_it, o_us]
+    per_item = np.bincount(o_it, minlength=ids.size)
+    ff = feedback_figures(ids[o_it], ids, vals)
+    cf = creator_figures(per_item, avail.size, args.L, args.Q)
+    rows.append({"policy": "optimum (truth, bound)", "coverage": cf["coverage"], "fair_served": cf["fair_served"],
+                 "items_reaching_feedback": ff["items_reaching_feedback"], "expected_feedback": round(opt, 2),
+                 "optimum_ratio": 1.0, "of_candidate_optimum": round(opt / cand_opt, 4) if cand_opt else None,
+                 "hit_rate": float(np.isin(np.unique(pool[o_us]), nxt).mean()),
+                 "pairs": int(o_it.size), "seconds": round(opt_s, 1)})
+    print(json.dumps(rows[-1]), flush=True)
+    print("| policy | coverage | fair_served | items_reaching_feedback | expected_feedback | optimum_ratio "
+          "| of candidate optimum | hit rate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        f = lambda v, k=".3f": "n/a" if v is None else format(v, k)  # noqa: E731
+        print(f"| {x['policy']} | {f(x['coverage'])} | {f(x['fair_served'])} | {f(x['items_reaching_feedback'])} | "
+              f"{f(x['expected_feedback'], '.1f')} | {f(x['optimum_ratio'])} | {f(x.get('of_candidate_optimum'))} | "
+              f"{f(x['hit_rate'])} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"lake": args.lake, "date": args.date, "source": source, "items": int(ids.size), "available": int(avail.size),
+                       "optimum_pool_users": int(pool.size), "rows": rows}, fh, indent=1)
+    return rows
+
+
+def cmd_available(args) -> list[dict]:
+    """Issue 15 item 3: the size N of the available set against hit rate, coverage and expected
+    feedback (synthetic world, candidates from the truth-based stand-in ranked table, which is
+    rebuilt for each N because retrieval only searches available users)."""
+    import pandas as pd
+
+    from dualrec.evaluation import baselines as B
+    from dualrec.evaluation.day import truth_scorer
+    from dualrec.evaluation.figures import creator_figures, feedback_figures
+    from dualrec.lake import Lake
+    from dualrec.synth.truth import Truth
+
+    day = dt.date.fromisoformat(args.date)
+    lake = Lake(args.lake)
+    truth = Truth.load(args.lake)
+    users = lake.read_table("users", day, ["user_id"]).column("user_id").to_numpy()
+    expected = float(truth.activity_prob(users, day + dt.timedelta(days=1)).sum())
+    items = lake.read_table("items", day, ["item_id", "upload_ts"])
+    us_ts = items.column("upload_ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    ids = items.column("item_id").to_numpy()[np.lexsort((items.column("item_id").to_numpy(), us_ts))]
+    rank = pd.Series(np.arange(ids.size), index=ids)
+    score = truth_scorer(lake, day + dt.timedelta(days=1))
+    nxt = lake.read_table("visits", day + dt.timedelta(days=1), ["user_id"]).column("user_id").to_numpy()
+    print(f"# {args.lake} {day}: {len(users)} users, expected visitors {expected:.0f}, {ids.size} items", flush=True)
+    rows = []
+    for f in [float(x) for x in args.factors.split(",")]:
+        n = min(len(users), int(round(f * expected)))
+        r, avail = truth_ranked(args.lake, day, n, args.cands, args.pool, args.seed)
+        p = truth.activity_prob(avail, day + dt.timedelta(days=1))
+        p_of = pd.Series(np.clip(p + np.random.default_rng(args.seed).normal(0, 0.1, avail.size), 0.01, 1), index=avail)
+        it, us, g, b = (np.asarray(r.column(c)) for c in ("item_id", "user_id", "g", "batch"))
+        ir = rank.reindex(it).to_numpy().astype(np.int64)
+        for policy in args.policies.split(","):
+            mask, _ = dispatch_day_arrays(b, it, us, g, ir, avail, args.L, args.Q, policy, batches_per_day=args.batches,
+                                          n_items=ids.size, p_active=p_of.reindex(us).to_numpy())
+            per_item = np.bincount(rank.reindex(it[mask]).to_numpy().astype(np.int64), minlength=ids.size)
+            ff = feedback_figures(it[mask], ids, B.score_pairs(score, us[mask], it[mask]))
+            row = {"n_over_expected": f, "available": int(avail.size), "policy": policy,
+                   "hit_rate": round(float(np.isin(np.unique(us[mask]), nxt).mean()), 4) if mask.any() else None,
+                   "coverage": creator_figures(per_item, avail.size, args.L, args.Q)["coverage"],
+                   "expected_feedback": round(ff["expected_feedback"], 1), "pairs": int(mask.sum())}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return rows
+
+
 def _pos(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     s = np.sort(sorted_ids)
     idx = np.argsort(sorted_ids)
@@ -253,7 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("spark")
     s.add_argument("--items", type=int, default=1000)
     s.add_argument("--cands", type=int, default=1000)
-    s.add_argument("--engines", default="numpy,spark")
     s.add_argument("--master", default="local[2]")
     s.add_argument("--partitions", type=int, default=4)
     f = sub.add_parser("figure9")
@@ -262,13 +428,33 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--available", type=int, default=12_000)
     f.add_argument("--cands", type=int, default=1000)
     f.add_argument("--pool", type=int, default=3000)
-    for q in (a, s, f):
+    pol = sub.add_parser("policies")
+    pol.add_argument("--lake", required=True)
+    pol.add_argument("--date", required=True)
+    pol.add_argument("--max-pairs", type=int, default=12_000_000, help="optimum over a user pool beyond this")
+    pol.add_argument("--sweep", action="store_true", help="also sweep the optimal policy's floor and bonus")
+    pol.add_argument("--json", help="write the rows here")
+    pol.add_argument("--available", type=int, default=0, help="without a run: available users (default: expected visitors)")
+    pol.add_argument("--cands", type=int, default=1000)
+    pol.add_argument("--pool", type=int, default=3000)
+    av = sub.add_parser("available")
+    av.add_argument("--lake", required=True)
+    av.add_argument("--date", required=True)
+    av.add_argument("--factors", default="0.5,0.75,1,1.5,2,3", help="N as multiples of the expected visitors")
+    av.add_argument("--cands", type=int, default=1000)
+    av.add_argument("--pool", type=int, default=3000)
+    av.add_argument("--json")
+    for q in (a, s):
+        q.add_argument("--policies", default=",".join(POLICIES))
+    av.add_argument("--policies", default="arrival,optimal")
+    for q in (a, s, f, pol, av):
         q.add_argument("--L", type=int, default=200)
         q.add_argument("--Q", type=int, default=10)
         q.add_argument("--batches", type=int, default=24)
         q.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    {"assign": cmd_assign, "spark": cmd_spark, "figure9": cmd_figure9}[args.cmd](args)
+    {"assign": cmd_assign, "spark": cmd_spark, "figure9": cmd_figure9, "policies": cmd_policies,
+     "available": cmd_available}[args.cmd](args)
     return 0
 
 

@@ -94,7 +94,6 @@ def print_ablation(out: dict) -> None:
 
 def retrieval_quality(lake: Lake, cfg: DualRecConfig, day: dt.date, n_items: int, seed: int) -> dict:
     """Channel / merged recall of the true top-L and the ranked top-L's expected feedback."""
-    import pandas as pd
 
     from dualrec.synth.truth import Truth
 

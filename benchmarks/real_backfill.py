@@ -8,7 +8,7 @@ downloaded here: get them yourself, e.g. RecBole's ml-100k from ``pip download r
 then runs ``dualrec.pipeline.run_day`` for each of the last ``--days`` days in order, exactly
 as ``dualrec backfill`` does (complete days are skipped, so an interrupted run resumes), and
 stops at the first failing day unless ``--keep-going``. Afterwards every day is evaluated
-with ``dualrec.metrics.evaluate`` at each recall horizon (positives over D+1..D+H) and one
+with ``dualrec.evaluation.evaluate`` at each recall horizon (positives over D+1..D+H) and one
 line per day is printed: the users/uploads of the day, what was dispatched, the logged
 recall of ours / popular / random under the same caps, the ranker's AUC on D+1's logged
 exposures, which stages kept their previous model, and the day's wall time. ``--out``
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dualrec.config import DualRecConfig  # noqa: E402
 from dualrec.ingest import KINDS, ingest  # noqa: E402
 from dualrec.lake import Lake  # noqa: E402
-from dualrec.metrics import evaluate  # noqa: E402
+from dualrec.evaluation import evaluate  # noqa: E402
 from dualrec.pipeline import is_day_done, run_day, stage_timings  # noqa: E402
 from schemas.tables import INPUT_TABLES  # noqa: E402
 

@@ -355,20 +355,28 @@ class DispatchConfig(_Section):
     L: int = Field(200, ge=1, description="users per item")
     Q: int = Field(10, ge=1, description="items per user per day (|D_u| <= Q)")
     batches_per_day: int = Field(24, ge=1, le=1440, description="micro-batches per day (at most one a minute)")
-    policy: Literal["arrival", "matching"] = Field("arrival", description="arrival (Algorithm 1) or matching (ours)")
-    boost_lambda: float = Field(1.0, gt=0, description="f' = f + lambda * g for items in D_u (Eq. 14)")
-    engine: Literal["numpy", "spark"] = Field(
-        "numpy",
-        description="per-batch assignment engine: numpy (one Spark task per batch runs the NumPy kernel via "
-        "mapInArrow; fastest) or spark (pure Spark rounds of windows)",
+    policy: Literal["arrival", "matching", "paced", "optimal"] = Field(
+        "optimal",
+        description="arrival (Algorithm 1), matching (greedy per batch), paced (online per-item budgets) or "
+        "optimal (whole-day min-cost flow with a coverage floor); see dualrec/dispatch/policies.py",
     )
+    boost_lambda: float = Field(1.0, gt=0, description="f' = f + lambda * g for items in D_u (Eq. 14)")
+    forecast_days: int = Field(7, ge=0, description="paced: earlier days whose upload curves forecast the rest of the day")
+    optimal_floor_share: float = Field(1.0, ge=0, description="optimal: floor = ceil(share * fair share m)")
+    optimal_floor_bonus: float = Field(1.0, ge=0, description="optimal: bonus per user up to the floor, in units of max g")
+    optimal_cover_bonus: float = Field(1.0, ge=0, description="optimal: extra bonus for an item's first user (units of max g)")
+    weight_by_p_active: bool = Field(False, description="paced/optimal rank pairs by g * p_active instead of g (measured worse)")
 
 
 class MetricsConfig(_Section):
     """Evaluation (SPEC 6): sample sizes that keep truth-based metrics cheap at large scale."""
 
-    max_items: int = Field(2000, ge=1, description="truth metrics, baselines and the oracle use at most this many items")
-    oracle_pool_users: int = Field(20000, ge=1, description="oracle / truth-recall pool of available users")
+    max_items: int = Field(2000, ge=1, description="truth metrics, baselines and the optimum use at most this many items")
+    optimum_max_pairs: int = Field(
+        4_000_000, ge=1,
+        description="the exact optimum and truth recall score every (item, user) pair up to this many, else a random "
+        "user pool of optimum_max_pairs // items (quality.optimum_pool_users)",
+    )
     truth_chunk_pairs: int = Field(2_000_000, ge=1, description="pairs per Truth call (memory bound)")
     calibration_bins: int = Field(10, ge=1)
 

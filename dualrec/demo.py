@@ -27,9 +27,9 @@ def run_demo(
     cfg: DualRecConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    from dualrec.metrics import evaluate
+    from dualrec.evaluation import evaluate
     from dualrec.pipeline import backfill
-    from dualrec.report import write_report, write_trend
+    from dualrec.evaluation.report import write_report, write_trend
     from dualrec.synth import generate
 
     say = progress or (lambda m: log.info("%s", m))

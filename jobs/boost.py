@@ -22,16 +22,11 @@ import logging
 import posixpath
 import sys
 
+from pyspark.errors import AnalysisException
+
 from dualrec.dispatch import apply_boost
 from dualrec.lake import Lake
-from jobs.common import (
-    StageContext,
-    exit_code,
-    add_common_args,
-    context_from_args,
-    run_stage,
-    setup_logging,
-)
+from jobs.common import StageContext, add_common_args, context_from_args, exit_code, setup_logging
 from schemas.validate import BadInputError
 
 log = logging.getLogger(__name__)
@@ -53,7 +48,10 @@ def boost(ctx: StageContext, input_ref: str, output: str, lam: float | None = No
     lam = ctx.cfg.dispatch.boost_lambda if lam is None else lam
     lake, spark, day = ctx.lake, ctx.spark, ctx.day
     lake.require_partition("match_sets", day, stage=STAGE)
-    cands = spark.read.parquet(_input_uri(lake, day, input_ref))
+    try:
+        cands = spark.read.parquet(_input_uri(lake, day, input_ref))
+    except AnalysisException as e:  # a missing or unreadable path is bad input, not a crash
+        raise BadInputError(f"boost input {input_ref!r}: cannot read Parquet ({str(e).splitlines()[0]})") from e
     missing = [c for c in ("user_id", "item_id", "f") if c not in cands.columns]
     if missing:
         raise BadInputError(f"boost input {input_ref!r}: missing column(s) {', '.join(missing)}")
@@ -77,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda", dest="lam", type=float, help="boost coefficient (default dispatch.boost_lambda)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    return exit_code(lambda: run_stage(STAGE, lambda c: boost(c, args.input, args.output, args.lam),
-                                       context_from_args(args)))
+    # not a pipeline stage (it has no place in the stage registry): it checks its own input
+    return exit_code(lambda: boost(context_from_args(args), args.input, args.output, args.lam))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ from dualrec.config import config_json_schema
 from dualrec.demo import run_demo
 from dualrec.ingest import add_subcommand as add_ingest
 from dualrec.lake import parse_date
-from dualrec.metrics import evaluate
+from dualrec.evaluation import evaluate
 from dualrec.pipeline import backfill, run_day, stages_from
 from dualrec.progress import Progress
 from dualrec.registry import STAGES
-from dualrec.report import write_report
+from dualrec.evaluation.report import write_report
 from dualrec.synth import generate
 from jobs.common import (
     EXIT_BAD_INPUT,
@@ -168,7 +168,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "dispatch.max_du": m.get("dispatch", {}).get("max_du"),
         "quality.feedback_per_pair": m.get("quality", {}).get("feedback_per_pair"),
         "quality.feedback_per_pair_random": m.get("quality", {}).get("feedback_per_pair_random"),
-        "quality.feedback_per_pair_oracle": m.get("quality", {}).get("feedback_per_pair_oracle"),
+        "quality.optimum_ratio": m.get("quality", {}).get("optimum_ratio"),
     }
     print(_format_summary(head, title="demo finished; headline metrics:"))
     print(f"report: {out['report']}")

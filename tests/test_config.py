@@ -40,8 +40,8 @@ def test_unknown_key_inside_retrieval_k_is_refused():
 def test_choices_are_enums_in_the_schema():
     schema = DualRecConfig.model_json_schema()
     props = {name: d["properties"] for name, d in schema["$defs"].items()}
-    assert props["DispatchConfig"]["policy"]["enum"] == ["arrival", "matching"]
-    assert props["DispatchConfig"]["engine"]["enum"] == ["numpy", "spark"]
+    assert props["DispatchConfig"]["policy"]["enum"] == ["arrival", "matching", "paced", "optimal"]
+    assert "engine" not in props["DispatchConfig"]  # the second dispatch engine is gone (issue 13.5)
     assert props["ActivityConfig"]["policy"]["enum"] == ["top_n", "probability"]
     assert set(props["RankConfig"]["beta"]["propertyNames"]["enum"]) == {
         "like", "comment", "follow", "share", "profile_enter", "long_view"}

@@ -13,14 +13,17 @@ from hypothesis import strategies as st
 
 from dualrec.config import DualRecConfig
 from dualrec.dispatch import (
+    POLICIES,
     DispatchInvariantError,
+    PolicyParams,
     assign_arrays,
-    assign_batch_numpy_spark,
-    assign_batch_spark,
+    assign_edges,
     dispatch_day_arrays,
-    dispatch_without_store,
+    paced_budget,
     rank_in_item_arrays,
+    upload_curve,
 )
+from dualrec.evaluation.baselines import dispatch_without_store
 from dualrec.lake import Lake
 from dualrec.stages.base import StageContext
 from schemas.validate import BadInputError
@@ -115,7 +118,7 @@ def test_capacity_forms_agree_and_absent_users_get_nothing():
 def test_matching_not_worse_than_arrival_on_average():
     """Greedy is a heuristic (it can lose on one instance), so compare averages over many."""
     rng = np.random.default_rng(3)
-    gains, full_gain, worse = [], [], 0
+    gains, worse = [], 0
     for _ in range(150):
         ni, nu, L, Q = 30, 60, 8, 3
         k = rng.integers(5, 25, ni)
@@ -151,6 +154,113 @@ def test_dispatch_day_arrays_carries_store_across_batches():
     assert states[0].tolist() == [1, 1, 0] and states[1].tolist() == [1, 1, 1]
 
 
+def brute_force_max(items, users, g, cap, L):
+    """Exhaustive maximum of Σ g under both caps (tiny instances only)."""
+    import itertools
+
+    items, users, g = np.asarray(items), np.asarray(users), np.asarray(g, dtype=np.float64)
+    best = 0.0
+    for bits in itertools.product([False, True], repeat=len(g)):
+        m = np.array(bits, dtype=bool)
+        if any(c > L for c in np.unique(items[m], return_counts=True)[1]):
+            continue
+        if any(c > cap.get(int(u), 0) for u, c in zip(*np.unique(users[m], return_counts=True))):
+            continue
+        best = max(best, float(g[m].sum()))
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances(max_items=3, max_users=4))
+def test_flow_kernel_equals_brute_force_on_tiny_instances(inst):
+    items, users, g, rank, cap, L = inst
+    if len(g) > 12:
+        g, items, users, rank = g[:12], items[:12], users[:12], rank[:12]
+    mask = assign_arrays(items, users, g, rank, cap, L, policy="flow")
+    _check_caps(items, users, cap, L, mask)
+    assert float(np.asarray(g, np.float64)[mask].sum()) == pytest.approx(brute_force_max(items, users, g, cap, L), abs=1e-5)
+
+
+@st.composite
+def days(draw, max_items=10, max_users=8, batches=4):
+    """A day of edges over micro-batches: (batch, items, users, g, rank, available, L, Q)."""
+    ni = draw(st.integers(1, max_items))
+    nu = draw(st.integers(1, max_users))
+    item_batch = sorted(draw(st.lists(st.integers(0, batches - 1), min_size=ni, max_size=ni)))
+    pairs = draw(st.lists(st.tuples(st.integers(0, ni - 1), st.integers(0, nu + 2)), min_size=1, max_size=50, unique=True))
+    items = np.array([100 + p[0] for p in pairs])
+    users = np.array([1000 + p[1] for p in pairs])  # users >= 1000 + nu are not available
+    g = np.array(draw(st.lists(st.floats(0, 4, allow_nan=False), min_size=len(pairs), max_size=len(pairs))))
+    batch = np.array([item_batch[p[0]] for p in pairs])
+    rank = items - 100
+    return batch, items, users, g, rank, 1000 + np.arange(nu), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+
+
+@settings(max_examples=120, deadline=None)
+@given(days())
+def test_every_policy_keeps_the_invariants_and_the_optimum_bounds_them(day):
+    batch, items, users, g, rank, avail, L, Q = day
+    opt = assign_arrays(items, users, g, rank, {int(u): Q for u in avail}, L, policy="flow")
+    for policy in POLICIES:
+        mask, states = dispatch_day_arrays(batch, items, users, g, rank, avail, L, Q, policy, batches_per_day=4)
+        sel_u, sel_i = users[mask], items[mask]
+        assert set(sel_u.tolist()) <= set(avail.tolist()), policy
+        assert (np.unique(sel_u, return_counts=True)[1] <= Q).all(), policy
+        assert (np.unique(sel_i, return_counts=True)[1] <= L).all(), policy
+        assert states[3].tolist() == [int((sel_u == u).sum()) for u in avail], policy
+        assert g[mask].sum() <= g[opt].sum() + 1e-6, policy
+
+
+@settings(max_examples=120, deadline=None)
+@given(days(), st.integers(0, 2), st.randoms(use_true_random=False))
+def test_paced_never_uses_later_batches(day, k, rnd):
+    """Changing (or dropping) the items of batches after k leaves batches <= k unchanged."""
+    batch, items, users, g, rank, avail, L, Q = day
+    curve = np.array([1.0, 3.0, 2.0, 1.0])
+    mask, _ = dispatch_day_arrays(batch, items, users, g, rank, avail, L, Q, "paced", batches_per_day=4, curve=curve)
+    later = batch > k
+    g2 = g.copy()
+    g2[later] = [rnd.uniform(0, 4) for _ in range(int(later.sum()))]
+    keep = ~later | np.array([rnd.random() < 0.5 for _ in range(len(g))])
+    m2, _ = dispatch_day_arrays(batch[keep], items[keep], users[keep], g2[keep], rank[keep], avail, L, Q, "paced",
+                                batches_per_day=4, curve=curve)
+    early = ~later[keep]
+    assert m2[early].tolist() == mask[keep][early].tolist()
+
+
+def test_paced_budget_and_curve():
+    assert paced_budget(slots_left=100, n_batch_items=5, forecast_rest=15, L=200) == 5
+    assert paced_budget(slots_left=100, n_batch_items=5, forecast_rest=0, L=10) == 10
+    assert paced_budget(slots_left=3, n_batch_items=5, forecast_rest=5, L=10) == 1  # every item still gets a user
+    assert paced_budget(slots_left=0, n_batch_items=5, forecast_rest=5, L=10) == 0
+    assert upload_curve([np.array([0, 0, 1]), np.array([1, 2, 2])], 3).tolist() == [1.0, 1.0, 1.0]
+    assert upload_curve([], 3) is None
+
+
+def test_paced_serves_late_uploads_that_arrival_starves():
+    # 4 users x Q=1 = 4 slots; an early item wants 4, a late one wants the same 4 users
+    batch, items, users = [0] * 4 + [1] * 4, [1] * 4 + [2] * 4, [1, 2, 3, 4] * 2
+    g = [1.0] * 8
+    arr, _ = dispatch_day_arrays(batch, items, users, g, items, [1, 2, 3, 4], L=4, Q=1, policy="arrival")
+    paced, _ = dispatch_day_arrays(batch, items, users, g, items, [1, 2, 3, 4], L=4, Q=1, policy="paced",
+                                   curve=np.array([1.0, 1.0]))
+    assert set(np.asarray(items)[arr]) == {1}
+    assert set(np.asarray(items)[paced]) == {1, 2}
+
+
+def test_optimal_floor_covers_items_greedy_leaves_out():
+    # user 1 is the best for both items but has one slot; user 2 only fits item 2 weakly
+    items, users, g = [1, 2, 2], [1, 1, 2], [1.0, 0.9, 0.05]
+    plain = assign_arrays(items, users, g, [0, 1, 1], 1, 1, "flow")
+    assert plain.tolist() == [True, False, True]
+    # coverage bonus makes item 2 take user 2 rather than nobody; with a tighter instance:
+    items, users, g = [1, 1, 2], [1, 2, 1], [1.0, 0.1, 0.9]
+    mask, _ = dispatch_day_arrays([0, 0, 0], items, users, g, [0, 0, 1], [1, 2], L=2, Q=1, policy="optimal",
+                                  params=PolicyParams(floor_share=0.5, floor_bonus=1.0, cover_bonus=1.0))
+    assert set(np.asarray(items)[mask]) == {1, 2}
+    assert assign_arrays(items, users, g, [0, 0, 1], 1, 2, "flow").tolist() == [True, True, False]  # Σ g alone
+
+
 # ----------------------------------------------------------------------------- Spark paths
 def _edges_df(spark, items, users, g, rank, cap):
     rows = [
@@ -168,14 +278,10 @@ def test_spark_paths_equal_references(spark, inst):
     items, users, g, rank, cap, L = inst
     df = _edges_df(spark, items, users, g, rank, cap)
     key = {(items[k], users[k]) for k in algorithm1(items, users, g, rank, cap, L)}
-    got, _ = assign_batch_spark(df, L, "arrival")
-    assert {(r.item_id, r.user_id) for r in got.collect()} == key
-    got = assign_batch_numpy_spark(df, L, "arrival")
+    got = assign_edges(df, "arrival", L)
     assert {(r.item_id, r.user_id) for r in got.collect()} == key
     key = {(items[k], users[k]) for k in sequential_greedy(items, users, g, rank, cap, L)}
-    got, _ = assign_batch_spark(df, L, "matching")
-    assert {(r.item_id, r.user_id) for r in got.collect()} == key
-    got = assign_batch_numpy_spark(df, L, "matching")
+    got = assign_edges(df, "matching", L)
     assert {(r.item_id, r.user_id) for r in got.collect()} == key
 
 
@@ -248,19 +354,21 @@ def _numpy_expected(items, activity, ranked, L, Q, policy):
     rank_of = dict(zip(items.column("item_id").to_numpy()[order].tolist(), range(len(order))))
     it = ranked.column("item_id").to_numpy()
     avail = activity.filter(activity.column("available")).column("user_id").to_numpy()
+    p_of = dict(zip(activity.column("user_id").to_pylist(), activity.column("p_active").to_pylist()))
     mask, states = dispatch_day_arrays(
         ranked.column("batch").to_numpy(), it, ranked.column("user_id").to_numpy(), ranked.column("g").to_numpy(),
-        np.array([rank_of[i] for i in it]), avail, L, Q, policy,
+        np.array([rank_of[i] for i in it]), avail, L, Q, policy, batches_per_day=4, n_items=items.num_rows,
+        p_active=np.array([p_of[u] for u in ranked.column("user_id").to_pylist()]),
     )
     return {(int(a), int(b)) for a, b in zip(it[mask], ranked.column("user_id").to_numpy()[mask])}, states
 
 
-@pytest.mark.parametrize("policy,engine", [("arrival", "numpy"), ("arrival", "spark"), ("matching", "numpy"), ("matching", "spark")])
-def test_stage_on_hand_made_tables(tmp_path, spark, policy, engine):
+@pytest.mark.parametrize("policy", POLICIES)
+def test_stage_on_hand_made_tables(tmp_path, spark, policy):
     from dualrec.stages.dispatch import run
 
     lake, items, activity, ranked = _lake(tmp_path)
-    ctx = _ctx(lake, spark, policy=policy, engine=engine)
+    ctx = _ctx(lake, spark, policy=policy)
     stats = run(ctx)
     ms = lake.read_table("match_sets", DAY)
     au = lake.read_table("available_users", DAY)
@@ -299,13 +407,14 @@ def test_rerun_is_identical_and_batch_rerun_from_store(tmp_path, spark):
     from dualrec.dispatch import assign_arrays as kernel
 
     lake, items, activity, ranked = _lake(tmp_path, seed=1)
-    ctx = _ctx(lake, spark)
-    run(ctx)
-    first = {t: lake.read_table(t, DAY) for t in ("match_sets", "available_users", "user_match_sets")}
-    run(ctx)
     keys = {"match_sets": ["user_id", "item_id"], "available_users": ["batch", "user_id"], "user_match_sets": ["user_id"]}
-    for t, k in keys.items():
-        assert _sorted(lake.read_table(t, DAY), k).equals(_sorted(first[t], k)), t
+    for policy in ("optimal", "arrival"):  # the default, then the online Algorithm 1 (its state is rerun below)
+        ctx = _ctx(lake, spark, policy=policy)
+        run(ctx)
+        first = {t: lake.read_table(t, DAY) for t in ("match_sets", "available_users", "user_match_sets")}
+        run(ctx)
+        for t, k in keys.items():
+            assert _sorted(lake.read_table(t, DAY), k).equals(_sorted(first[t], k)), (policy, t)
     # rerun batch b alone from the published state after b-1: same assignment, same state after b
     au, ms = first["available_users"], first["match_sets"]
     order = np.lexsort((items.column("item_id").to_numpy(), items.column("upload_ts").cast(pa.int64()).to_numpy()))
@@ -324,11 +433,11 @@ def test_rerun_is_identical_and_batch_rerun_from_store(tmp_path, spark):
 
 
 def test_invariant_violation_raises_and_publishes_nothing(tmp_path, spark, monkeypatch):
-    import dualrec.dispatch as d
+    import dualrec.dispatch.store as d
     from dualrec.stages.dispatch import run
 
     lake, *_ = _lake(tmp_path, seed=2)
-    monkeypatch.setattr(d, "assign_batch", lambda edges, L, policy, engine: edges)  # a buggy engine: takes all
+    monkeypatch.setattr(d, "assign_edges", lambda edges, *a, **k: edges)  # a buggy kernel: takes all
     with pytest.raises(DispatchInvariantError, match=r"\|D_u\| > Q"):
         run(_ctx(lake, spark))
     for t in ("match_sets", "user_match_sets", "available_users"):
@@ -379,3 +488,36 @@ def test_apply_boost_and_job(tmp_path, spark):
         want = 1.0 + 2 * gmap.get((r["user_id"], r["item_id"]), 0.0)
         assert r["f_prime"] == pytest.approx(want, rel=1e-6)
     assert boost_main(["--lake", lake.root, "--date", str(DAY), "--input", str(tmp_path / "missing.parquet"), "--output", str(dst)]) != 0
+
+
+def test_prior_upload_batches_reads_only_earlier_days(tmp_path):
+    from dualrec.stages.dispatch import prior_upload_batches
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_meta({"emb_dim": 4})
+    for k, d in enumerate([DAY - dt.timedelta(days=2), DAY - dt.timedelta(days=1), DAY]):
+        items, _, _ = _world(seed=k, n_items=6 + k)
+        shift = dt.timedelta(days=(d - DAY).days)
+        ts = pa.array([t + shift for t in items.column("upload_ts").to_pylist()], pa.timestamp("us", tz="UTC"))
+        lake.write_table("items", d, items.set_column(2, "upload_ts", ts))
+    got = prior_upload_batches(lake, DAY, 7, 4)
+    assert [len(b) for b in got] == [7, 6]  # D-1 then D-2; day D itself is never read
+    assert all(((b >= 0) & (b < 4)).all() for b in got)
+    assert upload_curve(got, 4).sum() == pytest.approx(6.5)
+
+
+def test_optimal_covers_as_many_items_as_any_assignment_can():
+    """The coverage bonus (2 x max g for an item's first user) reaches the maximum coverage on
+    random instances with heavy-tailed g (fixed seed; the bonus is not a lexicographic guarantee)."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        ni, nu = int(rng.integers(2, 12)), int(rng.integers(1, 10))
+        pairs = [(i, u) for i in range(ni) for u in range(nu) if rng.random() < 0.4]
+        if not pairs:
+            continue
+        it, us = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        g = rng.lognormal(0, 1.5, len(pairs))
+        L, Q = int(rng.integers(1, 5)), int(rng.integers(1, 3))
+        mask, _ = dispatch_day_arrays(np.zeros(len(g), int), it, us, g, it, np.arange(nu), L, Q, "optimal")
+        best = assign_arrays(it, us, np.full(len(g), 1e-6), it, Q, L, "flow", floor=1, cover_bonus=1e6)
+        assert len(set(it[mask])) == len(set(it[best]))

@@ -26,7 +26,7 @@ SPEC_PATHS = [
     "activity.auc", "activity.auc_baseline_last_day", "activity.hit_rate", "activity.hit_rate_all_users",
     "dispatch.items", "dispatch.items_covered", "dispatch.items_full", "dispatch.max_du", "dispatch.q", "dispatch.l",
     "dispatch.users_matched", "dispatch.channel_share", "quality.feedback_per_pair", "quality.feedback_per_pair_random",
-    "quality.feedback_per_pair_popular", "quality.feedback_per_pair_oracle", "quality.recall_at_l",
+    "quality.feedback_per_pair_popular", "quality.expected_feedback_optimum", "quality.recall_at_l",
     "quality.recall_at_l_random", "quality.recall_at_l_popular", "index.recall_at_k", "retrieval.truth_recall",
     "ranking.auc", "cost.stage_seconds",
 ]

@@ -1,4 +1,4 @@
-"""Metrics (SPEC section 6): pure figures on hand-made arrays, evaluate() on a hand-made lake."""
+"""Evaluation (SPEC section 6): pure figures on hand-made arrays, evaluate() on a hand-made lake."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dualrec import metrics as M
+from dualrec.evaluation import baselines as B
+from dualrec.evaluation import day as M
+from dualrec.evaluation import figures as FG
 from dualrec.config import DualRecConfig
 from dualrec.lake import Lake
 from schemas.tables import RANK_TASKS
@@ -19,12 +21,16 @@ from schemas.tables import RANK_TASKS
 DAY = dt.date(2026, 1, 3)
 NXT = DAY + dt.timedelta(days=1)
 
-# The SPEC section 6 list, written out independently of dualrec.metrics.REQUIRED_PATHS.
+# The SPEC section 6 list, written out independently of dualrec.evaluation.REQUIRED_PATHS.
 SPEC_PATHS = """activity.auc activity.auc_baseline_last_day activity.hit_rate activity.hit_rate_all_users
 dispatch.items dispatch.items_covered dispatch.items_full dispatch.max_du dispatch.q dispatch.l
 dispatch.users_matched dispatch.channel_share quality.feedback_per_pair quality.feedback_per_pair_random
-quality.feedback_per_pair_popular quality.feedback_per_pair_oracle quality.recall_at_l quality.recall_at_l_random
-quality.recall_at_l_popular index.recall_at_k retrieval.truth_recall ranking.auc cost.stage_seconds""".split()
+quality.feedback_per_pair_popular quality.recall_at_l quality.recall_at_l_random
+quality.recall_at_l_popular index.recall_at_k retrieval.truth_recall ranking.auc cost.stage_seconds
+quality.expected_feedback quality.expected_feedback_random quality.expected_feedback_popular
+quality.expected_feedback_arrival quality.expected_feedback_optimum quality.optimum_pool_users
+quality.expected_feedback_optimum_all_users quality.optimum_ratio dispatch.coverage dispatch.fair_share
+dispatch.fair_served dispatch.users_per_item_gini quality.items_reaching_feedback""".split()
 OBJECT_PATHS = {"dispatch.channel_share", "retrieval.truth_recall", "ranking.auc", "cost.stage_seconds"}
 
 
@@ -142,6 +148,10 @@ def test_evaluate_hand_made_day(lake, spark):
     assert d["channel_share_any"] == pytest.approx({"two_tower": 5 / 7, "i2i2u": 3 / 7, "i2u2u": 1 / 7})
     # no store: item 100 takes users 1,2,4 (top-3 g) -> user 2 has 2 items, 1,3,4,5,6 one
     assert d["du_hist_no_store"] == [0, 5, 1]
+    # creator side: users per item 3, 3, 1; m = min(L=3, Q*8 // 3) = 3; >= 1.5 users: items 100, 101
+    assert d["coverage"] == 1.0 and d["fair_share"] == 3 and d["fair_served"] == pytest.approx(2 / 3)
+    assert d["users_per_item_gini"] == pytest.approx(4 / 21)
+    assert d["coverage_by_hour"] == [None] * 10 + [1.0, 1.0, 1.0] + [None] * 11
 
     a = m["activity"]
     y = np.isin(np.arange(1, 11), ACTIVE_N)
@@ -156,7 +166,10 @@ def test_evaluate_hand_made_day(lake, spark):
     assert 0 <= q["recall_at_l_random"] <= 1 and 0 <= q["recall_at_l_popular"] <= 1
     # popular = users 8,7,6 for items 100 and 101, then 5,4,3 for 102: none of the positives
     assert q["recall_at_l_popular"] == 0.0
-    assert q["feedback_per_pair"] is None and q["feedback_per_pair_oracle"] is None  # no _truth
+    # Algorithm 1 on the ranked scores: 100 takes 1,2,4 (g .9 .8 .7), 101 takes 2,3,5, 102 takes 6
+    assert q["pairs_arrival"] == 7 and q["recall_at_l_arrival"] == pytest.approx(3 / 4)
+    assert q["feedback_per_pair"] is None and q["expected_feedback_optimum"] is None  # no _truth
+    assert q["optimum_ratio"] is None and q["truth_available"] is False
     assert m["retrieval"]["truth_recall"] == {"two_tower": None, "i2i2u": None, "i2u2u": None, "merged": None}
 
     assert m["index"]["recall_at_k"] == 0.97 and m["index"]["k"] == 10
@@ -208,14 +221,14 @@ def test_roc_auc_matches_sklearn_with_ties():
     rng = np.random.default_rng(0)
     s = rng.integers(0, 5, 300).astype(float)
     y = rng.random(300) < 0.3 + 0.1 * s
-    assert M.roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
-    assert M.roc_auc(s, np.zeros(300, bool)) is None
+    assert FG.roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert FG.roc_auc(s, np.zeros(300, bool)) is None
 
 
 def test_reliability_curve_bins():
     p = np.array([0.05, 0.05, 0.95, 0.95, 0.55])
     y = np.array([0, 1, 1, 1, 0])
-    cal = M.reliability_curve(p, y, bins=10)
+    cal = FG.reliability_curve(p, y, bins=10)
     assert [(c["n"], c["rate"]) for c in cal] == [(2, 0.5), (1, 0.0), (2, 1.0)]
 
 
@@ -227,29 +240,12 @@ def test_flatten_roundtrip():
 
 
 def test_popular_assign_respects_caps_and_order():
-    it, us = M.popular_assign(n_items=5, n_users=7, L=3, Q=2)
+    it, us = B.popular_assign(n_items=5, n_users=7, L=3, Q=2)
     df = pd.DataFrame({"i": it, "u": us})
     assert df.groupby("i").size().max() <= 3 and df.groupby("u").size().max() <= 2
     assert list(df[df.i == 0].u) == [0, 1, 2] and list(df[df.i == 2].u) == [3, 4, 5]
     assert list(df[df.i == 4].u) == [6]  # only user 6 has capacity left
     assert not df.duplicated().any()
-
-
-def test_greedy_fallback_equals_dispatch_kernel():
-    """metrics.greedy_assign (fallback) and dispatch.assign_arrays (arrival) pick the same pairs."""
-    dispatch = pytest.importorskip("dualrec.dispatch")
-    rng = np.random.default_rng(3)
-    n_items, n_users, L, Q = 12, 15, 4, 2
-    pairs = [(i, u) for i in range(n_items) for u in rng.choice(n_users, 8, replace=False)]
-    ip = np.array([p[0] for p in pairs])
-    ui = np.array([p[1] for p in pairs])
-    g = rng.random(len(pairs))
-    mask = dispatch.assign_arrays(ip, ui, g, ip, Q, L, "arrival")
-    order = np.lexsort((ui, -g, ip))
-    pools = [ui[order][ip[order] == k] for k in range(n_items)]
-    it, us = M.greedy_assign(pools, L, np.full(n_users, Q))
-    assert set(zip(ip[mask], ui[mask])) == set(zip(it, us))
-    assert pd.Series(us).value_counts().max() <= Q
 
 
 def _affinity(u: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -272,12 +268,17 @@ def test_quality_figures_baselines_and_truth_recall():
         pd.DataFrame([(i, u) for i in items for u in rng.choice(available, L, replace=False)], columns=["item_id", "user_id"]).assign(channel="i2i2u"),
     ])
     positives = dispatched.iloc[::2].copy()  # half of our pairs are logged positives
-    q, r = M.quality_figures(_affinity, items, dispatched, available, popularity, positives, cand,
-                             ["two_tower", "i2i2u", "i2u2u"], L, Q, rng, pool_size=10_000)
-    assert q["feedback_per_pair_oracle"] >= q["feedback_per_pair"] - 1e-9
+    q, r = M.quality_figures(_affinity, items, dispatched, available, popularity, available, positives, cand, None,
+                             ["two_tower", "i2i2u", "i2u2u"], L, Q, rng, max_pairs=10_000)
+    # ours is each item's true top-L and those sets are disjoint: it is the optimum
+    assert q["optimum_exact"] is True and q["optimum_pool_users"] == 200
+    assert q["expected_feedback_optimum"] == pytest.approx(q["expected_feedback"], rel=1e-6)
+    assert q["optimum_ratio"] == pytest.approx(1.0, rel=1e-6)
+    assert q["expected_feedback_optimum_all_users"] >= q["expected_feedback_optimum"] - 1e-9
+    assert q["expected_feedback"] > q["expected_feedback_random"] and q["expected_feedback"] > q["expected_feedback_popular"]
     assert q["feedback_per_pair"] > q["feedback_per_pair_random"]
-    assert q["feedback_per_pair"] > q["feedback_per_pair_popular"]
-    assert q["pairs_random"] == q["pairs_popular"] == q["pairs_oracle"] == len(items) * L
+    assert q["expected_feedback_arrival"] is None  # no ranked table given
+    assert q["pairs_random"] == q["pairs_popular"] == len(items) * L
     assert q["recall_at_l"] == 1.0 and q["recall_at_l_random"] < 1.0
     assert r["truth_recall"]["two_tower"] == 1.0 and r["truth_recall"]["merged"] == 1.0
     assert r["truth_recall"]["i2i2u"] < 0.5 and r["truth_recall"]["i2u2u"] == 0.0
@@ -289,15 +290,15 @@ def test_quality_figures_pool_sampling_scales_best_set():
     items = np.arange(1000, 1004, dtype=np.int64)
     available = np.arange(1, 401, dtype=np.int64)
     q, r = M.quality_figures(_affinity, items, pd.DataFrame({"item_id": [1000], "user_id": [1]}), available,
-                             np.ones(400), None, None, ["two_tower"], 20, 3, rng, pool_size=100)
-    assert q["oracle_pool_users"] == 100
+                             np.ones(400), available, None, None, None, ["two_tower"], 20, 3, rng, max_pairs=400)
+    assert q["optimum_pool_users"] == 100 and q["optimum_exact"] is False
     assert r["truth_best_users_per_item"] == 5  # L * pool / available = 20 * 100 / 400
     assert q["recall_at_l"] is None  # no logged positives given
     assert r["truth_recall"]["two_tower"] is None  # no candidates given
 
 
 def test_channel_shares_sum_to_one():
-    share, anyc = M.channel_shares(pa.array([["a"], ["a", "b"], ["b", "c", "a"], []], pa.list_(pa.string())))
+    share, anyc = FG.channel_shares(pa.array([["a"], ["a", "b"], ["b", "c", "a"], []], pa.list_(pa.string())))
     assert sum(share.values()) == pytest.approx(3 / 4)  # the pair without provenance counts for nobody
     assert share["a"] == pytest.approx((1 + 0.5 + 1 / 3) / 4)
     assert anyc == pytest.approx({"a": 0.75, "b": 0.5, "c": 0.25})
@@ -352,8 +353,13 @@ def test_evaluate_with_synthetic_truth(tiny_world, tmp_path, spark):
     assert q["truth_available"] is True
     assert q["feedback_per_pair"] > 1.2 * q["feedback_per_pair_random"]
     assert q["feedback_per_pair"] > q["feedback_per_pair_popular"]
-    assert q["feedback_per_pair_oracle"] > q["feedback_per_pair_random"]
-    assert q["feedback_per_pair_oracle"] >= 0.9 * q["feedback_per_pair"]  # same greedy, same caps
+    # the exact optimum over every (item, available user) pair bounds every assignment
+    assert q["optimum_exact"] is True
+    for k in ("", "_random", "_popular"):
+        assert q["expected_feedback_optimum"] >= q[f"expected_feedback{k}"] - 1e-6, k
+    assert q["expected_feedback_optimum_all_users"] >= q["expected_feedback_optimum"] - 1e-6
+    assert 0 < q["optimum_ratio"] <= 1 + 1e-9
+    assert 0.0 <= q["items_reaching_feedback"] <= q["items_reaching_feedback_optimum"] + 1.0
     assert r["merged"] == pytest.approx(1.0) and r["two_tower"] > 0.9 > r["i2i2u"]
     assert r["i2u2u"] is None or r["i2u2u"] == 0.0
     assert m["dispatch"]["max_du"] <= 5 and m["dispatch"]["items"] == items.size
@@ -363,22 +369,41 @@ def test_evaluate_with_synthetic_truth(tiny_world, tmp_path, spark):
     assert q["recall_at_l"] is not None
 
 
-def test_truth_oracle_equals_algorithm1_on_full_grid():
-    """The chunked oracle is Algorithm 1 over the whole pool (checked against dispatch.assign_arrays)."""
-    from dualrec.dispatch import assign_arrays
+def test_optimum_equals_the_lp_and_bounds_algorithm1():
+    """The min-cost-flow optimum equals the b-matching LP (integral: the constraint matrix is
+    totally unimodular) solved independently by scipy's HiGHS, and bounds Algorithm 1."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
 
-    items = np.arange(1000, 1030, dtype=np.int64)
-    pool = np.arange(1, 41, dtype=np.int64)
-    L, Q = 6, 2
-    it, us, sc, best = M.truth_oracle(_affinity, items, pool, L, Q, k_best=3, chunk_pairs=100)  # 2-3 items per chunk
-    ii, uu = np.repeat(np.arange(items.size), pool.size), np.tile(np.arange(pool.size), items.size)
-    g = _affinity(pool[uu], items[ii])
-    mask = assign_arrays(ii, uu, g, ii, Q, L, "arrival")
-    assert set(zip(it, us)) == set(zip(ii[mask], uu[mask]))
-    assert np.allclose(sc, _affinity(pool[us], items[it]))
+    rng = np.random.default_rng(5)
+    values = rng.random((8, 11)) * (rng.random((8, 11)) < 0.7)
+    L, Q = 3, 2
+    it, us, total = B.optimum_assign(values, L, Q)
     df = pd.DataFrame({"i": it, "u": us})
     assert df.groupby("i").size().max() <= L and df.groupby("u").size().max() <= Q
-    # best: each item's true top-3 of the pool, best first
-    for k in (0, 7):
-        top = np.argsort(-_affinity(pool, np.full(pool.size, items[k])), kind="stable")[:3]
-        assert list(best[k]) == list(top)
+    assert total == pytest.approx(values[it, us].sum())
+    n_i, n_u = values.shape
+    rows = np.r_[np.repeat(np.arange(n_i), n_u), n_i + np.tile(np.arange(n_u), n_i)]
+    cols = np.r_[np.arange(n_i * n_u), np.arange(n_i * n_u)]
+    A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n_i + n_u, n_i * n_u))
+    lp = linprog(-values.ravel(), A_ub=A, b_ub=np.r_[np.full(n_i, L), np.full(n_u, Q)], bounds=(0, 1), method="highs")
+    assert total == pytest.approx(-lp.fun, rel=1e-6)
+    ip, ui = np.repeat(np.arange(n_i), n_u), np.tile(np.arange(n_u), n_i)
+    a_it, a_us = B.assign_capped(ip, ui, values.ravel(), L, Q)
+    assert values[a_it, a_us].sum() <= total + 1e-9
+
+
+def test_coverage_by_hour_follows_the_given_item_order():
+    match = pd.DataFrame({"item_id": [7], "user_id": [1]})
+    d = FG.dispatch_figures(match, np.array([9, 7]), np.array([1, 2]), L=2, Q=1, upload_hour=np.array([3, 20]))
+    assert d["coverage_by_hour"][3] == 0.0 and d["coverage_by_hour"][20] == 1.0 and d["coverage"] == 0.5
+
+
+def test_creator_figures_and_feedback_figures():
+    per_item = np.array([0, 1, 4, 5])
+    f = FG.creator_figures(per_item, n_available=3, L=5, Q=4)  # m = min(5, 12 // 4) = 3
+    assert f["coverage"] == 0.75 and f["fair_share"] == 3 and f["fair_served"] == 0.5
+    assert FG.gini(np.array([2, 2, 2])) == 0.0 and FG.gini(np.array([0, 0, 9])) == pytest.approx(2 / 3)
+    ff = FG.feedback_figures(np.array([1, 1, 2]), np.array([1, 2, 3]), np.array([0.6, 0.5, 0.2]))
+    assert ff["expected_feedback"] == pytest.approx(1.3) and ff["feedback_per_pair"] == pytest.approx(1.3 / 3)
+    assert ff["items_reaching_feedback"] == pytest.approx(1 / 3)  # item 1 only (1.1); item 3 got nobody

@@ -10,7 +10,7 @@ import pytest
 
 from dualrec.config import DualRecConfig
 from dualrec.lake import Lake
-from dualrec.metrics import evaluate
+from dualrec.evaluation import evaluate
 
 DAY = dt.date(2026, 1, 3)
 FLAGS = ["is_click", "is_like", "is_comment", "is_follow", "is_share", "is_profile_enter", "is_long_view"]

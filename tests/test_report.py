@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dualrec import metrics as M
+from dualrec.evaluation import day as M
+from dualrec.evaluation.report import fmt, write_report, write_trend
 from dualrec.lake import Lake
-from dualrec.report import write_report, write_trend
 
 from test_metrics import DAY, _cfg, _write_day
 
@@ -43,11 +43,15 @@ def test_day_report_renders_with_all_images(lake, spark):
     path = Path(write_report(lake, DAY, m))
     assert path == Path(lake.root) / "_reports" / f"dt={DAY}" / "index.html"
     srcs = _check_images(path)
-    assert {"du_hist.png", "channels.png", "coverage.png", "activity.png", "baselines.png", "ranking_auc.png", "stages.png"} <= set(srcs)
+    assert {"du_hist.png", "channels.png", "coverage.png", "coverage_by_hour.png", "activity.png", "baselines.png",
+            "ranking_auc.png", "stages.png"} <= set(srcs)
     html = path.read_text()
-    for p in M.REQUIRED_PATHS:  # headline table lists every SPEC figure
-        assert f"<td>{p}</td>" in html
-    assert "0.97" in html  # index recall shown
+    for p in M.REQUIRED_PATHS:  # every SPEC figure is on the page
+        assert p in html, p
+    assert "97.0 %" in html  # index recall, formatted for people
+    assert "<td>two_tower</td><td class=\"v\">57.1 %</td>" in html  # per-channel table: 4 of 7 pairs
+    assert "<td>like</td>" in html  # per-task table
+    assert "{" not in html.split("<body>")[1].split("<details>")[0]  # no raw JSON above the full listing
     assert (path.parent / "metrics.json").is_file()
 
 
@@ -55,7 +59,7 @@ def test_report_with_all_nulls_still_has_every_image(lake, spark):
     m = M.evaluate(lake, DAY, _cfg(), spark=spark)  # empty lake
     path = Path(write_report(lake, DAY, m))
     _check_images(path)
-    assert "null" in path.read_text()
+    assert "n/a" in path.read_text()
     # rewriting the report replaces it atomically
     path2 = Path(write_report(lake, DAY, m))
     assert path2 == path and path.is_file()
@@ -78,8 +82,8 @@ def test_trend_page_lists_days(lake):
     html = path.read_text()
     for d in days:
         assert d.isoformat() in html
-    assert f"href='dt={days[1]}/index.html'" in html and f"href='dt={days[0]}/index.html'" not in html
-    assert "0.7" in html and "3 day(s)" in html
+    assert f'href="dt={days[1]}/index.html"' in html and f'href="dt={days[0]}/index.html"' not in html
+    assert "70.0 %" in html and "3 day(s)" in html
     _check_images(path)
 
 
@@ -87,3 +91,8 @@ def test_trend_on_lake_without_metrics(lake):
     path = Path(write_trend(lake))
     assert "0 day(s)" in path.read_text()
     _check_images(path)
+
+
+def test_fmt_is_for_people():
+    assert fmt(None) == "n/a" and fmt(0.1234, "pct") == "12.3 %" and fmt(12345, "int") == "12,345"
+    assert fmt(0.05523) == "0.05523" and fmt(3.5, "sec") == "3.5 s" and fmt(True) == "yes"

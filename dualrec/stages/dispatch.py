@@ -1,26 +1,47 @@
 """Stage `dispatch` (paper 4.1-4.2, Algorithm 1): available-user store, assignment, outputs.
 
-Reads ``ranked``, ``items`` and ``activity_scores`` for day D; processes D's uploads in
-micro-batches in upload order with the available-user store (restarted from
-``activity_scores`` each day); checks every hard invariant (|D_u| <= Q, item <= L, only
-available users, store consistent) BEFORE publishing, so a violation raises and nothing is
-written; then publishes ``available_users``, ``user_match_sets`` and, last, ``match_sets``
-(each atomically; match_sets present = the day's dispatch is complete). Reruns recompute
-everything from the inputs and replace the partitions, so they never double-count.
+Reads ``ranked``, ``items`` and ``activity_scores`` for day D (and, for ``paced``, the
+``items`` of up to ``dispatch.forecast_days`` earlier days: their upload curves forecast the
+rest of the day); processes D's uploads in micro-batches in upload order with the
+available-user store (restarted from ``activity_scores`` each day); checks every hard
+invariant (|D_u| <= Q, item <= L, only available users, store consistent) BEFORE publishing,
+so a violation raises and nothing is written; then publishes ``available_users``,
+``user_match_sets`` and, last, ``match_sets`` (each atomically; match_sets present = the day's
+dispatch is complete). Reruns recompute everything from the inputs and replace the
+partitions, so they never double-count.
 
-    spark-submit jobs/dispatch.py --lake DIR --date D [--set dispatch.policy=matching]
+    spark-submit jobs/dispatch.py --lake DIR --date D [--set dispatch.policy=paced]
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
-from dualrec.dispatch import check_invariants, dispatch_day
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dualrec.batches import batch_of_seconds
+from dualrec.dispatch import PolicyParams, check_invariants, dispatch_day, upload_curve
+from dualrec.lake import Lake
 from dualrec.stages.base import StageContext
 
 log = logging.getLogger(__name__)
 
 
+def prior_upload_batches(lake: Lake, day: dt.date, days: int, batches_per_day: int) -> list[np.ndarray]:
+    """Batch index of every upload of each of the ``days`` days before ``day`` that has an ``items`` partition."""
+    out = []
+    for k in range(1, days + 1):
+        d = day - dt.timedelta(days=k)
+        if not lake.has_partition("items", d):
+            continue
+        ts = lake.read_table("items", d, ["upload_ts"]).column("upload_ts")
+        secs = pc.cast(ts.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy().astype(np.float64) / 1e6
+        midnight = dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp()
+        out.append(batch_of_seconds(secs - midnight, batches_per_day))
+    return out
 
 
 def run(ctx: StageContext) -> dict:
@@ -30,9 +51,12 @@ def run(ctx: StageContext) -> dict:
     ranked = lake.read_df(spark, "ranked", [day], with_dt=False)
     items = lake.read_df(spark, "items", [day], with_dt=False)
     activity = lake.read_df(spark, "activity_scores", [day], with_dt=False)
+    curve = None
+    if cfg.policy == "paced":
+        curve = upload_curve(prior_upload_batches(lake, day, cfg.forecast_days, cfg.batches_per_day), cfg.batches_per_day)
     out = dispatch_day(
         spark, ranked, items, activity, L=cfg.L, Q=cfg.Q, batches_per_day=cfg.batches_per_day,
-        policy=cfg.policy, engine=cfg.engine,
+        policy=cfg.policy, curve=curve, params=PolicyParams.from_config(cfg),
     )
     check_invariants(out.match_sets, out.available_users, out.store0, cfg.L, cfg.Q, cfg.batches_per_day)
     lake.write_df(out.available_users, "available_users", day, coalesce=None)
@@ -40,4 +64,3 @@ def run(ctx: StageContext) -> dict:
     lake.write_df(out.match_sets, "match_sets", day)
     log.info("dispatch %s: %s", day, out.stats)
     return dict(out.stats)
-

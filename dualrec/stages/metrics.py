@@ -7,8 +7,8 @@ when D+1 has not happened yet; rerunning the stage later (or ``dualrec evaluate`
 from __future__ import annotations
 
 
-from dualrec.metrics import evaluate, metrics_table
-from dualrec.report import write_report, write_trend
+from dualrec.evaluation import evaluate, metrics_table
+from dualrec.evaluation.report import write_report, write_trend
 from dualrec.stages.base import StageContext
 
 

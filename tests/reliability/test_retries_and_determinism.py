@@ -47,18 +47,18 @@ def _check_invariants(out: dict[str, pa.Table], Q: int, L: int, batches: int) ->
 
 def _crash_in_batch(monkeypatch, k: int) -> None:
     """The k-th batch assignment of the next run raises (a lost executor, an OOM ...)."""
-    import dualrec.dispatch as d
+    import dualrec.dispatch.store as d
 
-    real = d.assign_batch
+    real = d.assign_edges
     calls = {"n": 0}
 
-    def flaky(edges, L, policy, engine):
+    def flaky(edges, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == k:
             raise RuntimeError(f"injected failure in batch call {k}")
-        return real(edges, L, policy, engine)
+        return real(edges, *args, **kwargs)
 
-    monkeypatch.setattr(d, "assign_batch", flaky)
+    monkeypatch.setattr(d, "assign_edges", flaky)
 
 
 def test_dispatch_retries_keep_q_and_converge(tmp_path, spark, monkeypatch):

@@ -8,7 +8,6 @@ missing is still rendered, as a "not available" panel, so every ``<img>`` resolv
 from __future__ import annotations
 
 import datetime as dt
-import html
 import io
 import json
 import logging
@@ -17,21 +16,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
+from dualrec.evaluation.day import REQUIRED_PATHS, flatten, get_path, unflatten  # noqa: E402
+from dualrec.evaluation.figures import PAPER_CHANNEL_SHARE, PAPER_HIT_RATE, PAPER_RANK_AUC  # noqa: E402
 from dualrec.lake import Lake, parse_date  # noqa: E402
-from dualrec.metrics import (  # noqa: E402
-    PAPER_CHANNEL_SHARE,
-    PAPER_HIT_RATE,
-    PAPER_RANK_AUC,
-    REQUIRED_PATHS,
-    flatten,
-    get_path,
-    unflatten,
-)
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +32,14 @@ REPORTS = "_reports"
 
 TREND_SERIES: dict[str, list[str]] = {
     "Activity": ["activity.auc", "activity.auc_baseline_last_day", "activity.hit_rate", "activity.hit_rate_all_users"],
-    "Expected visible feedback per pair": [
-        "quality.feedback_per_pair",
-        "quality.feedback_per_pair_random",
-        "quality.feedback_per_pair_popular",
-        "quality.feedback_per_pair_oracle",
+    "Expected visible feedback (total)": [
+        "quality.expected_feedback",
+        "quality.expected_feedback_random",
+        "quality.expected_feedback_popular",
+        "quality.expected_feedback_arrival",
+        "quality.expected_feedback_optimum",
     ],
+    "Creator side": ["dispatch.coverage", "dispatch.fair_served", "quality.items_reaching_feedback", "quality.optimum_ratio"],
     "Recall of logged positives": ["quality.recall_at_l", "quality.recall_at_l_random", "quality.recall_at_l_popular"],
     "Dispatch coverage": ["dispatch.coverage", "dispatch.full_share", "dispatch.share_available_used"],
     "Truth recall of retrieval": [
@@ -217,20 +212,38 @@ def plot_stages(m: dict) -> Figure:
 
 
 def plot_baselines(m: dict) -> Figure:
-    """Ours vs random-available, popular and oracle under the same caps."""
-    fig = Figure(figsize=(9, 3.6))
+    """Total expected feedback of ours, the baselines and the optimum; logged recall."""
+    fig = Figure(figsize=(10, 3.6))
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    names = ["ours", "random", "popular", "oracle"]
-    fb = [_g(m, "quality.feedback_per_pair"), *[_g(m, f"quality.feedback_per_pair_{n}") for n in names[1:]]]
+    names = ["ours", "random", "popular", "arrival", "optimum"]
+    fb = [_g(m, "quality.expected_feedback"), *[_g(m, f"quality.expected_feedback_{n}") for n in names[1:]]]
     if any(v is not None for v in fb):
-        _bars(ax1, names, fb, "Expected visible feedback / pair (truth)")
+        _bars(ax1, names, fb, "Expected visible feedback, total (truth)", "{:.0f}")
     else:
         _na(ax1, "truth feedback")
-    rc = [_g(m, "quality.recall_at_l"), *[_g(m, f"quality.recall_at_l_{n}") for n in names[1:]]]
+    rc = [_g(m, "quality.recall_at_l"), *[_g(m, f"quality.recall_at_l_{n}") for n in names[1:4]]]
     if any(v is not None for v in rc):
-        _bars(ax2, names, rc, "Recall of logged D+1 positives")
+        _bars(ax2, names[:4], rc, "Recall of logged D+1 positives")
     else:
         _na(ax2, "logged recall")
+    return fig
+
+
+def plot_coverage_by_hour(m: dict) -> Figure:
+    """Share of items with at least one user, by upload hour: late uploads must not starve."""
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.add_subplot()
+    cov = _g(m, "dispatch.coverage_by_hour")
+    if not cov or not any(v is not None for v in cov):
+        _na(ax, "coverage by upload hour")
+        return fig
+    ax.bar(range(len(cov)), [v if v is not None else 0 for v in cov], color="#55a868")
+    ax.set_xlabel("upload hour (UTC)")
+    ax.set_ylabel("items covered")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(range(0, len(cov), 2))
+    pol = _g(m, "dispatch.policy")
+    ax.set_title("Coverage by upload hour" + (f" (policy {pol})" if pol else ""))
     return fig
 
 
@@ -251,6 +264,7 @@ DAY_PLOTS: list[tuple[str, str, Callable[[dict], Figure]]] = [
     ("du_hist.png", "|D_u| distribution with and without the available-user store", plot_du_hist),
     ("channels.png", "Channel exposure shares vs paper Table 3", plot_channels),
     ("coverage.png", "Item coverage", plot_coverage),
+    ("coverage_by_hour.png", "Coverage by upload hour", plot_coverage_by_hour),
     ("activity.png", "Activity calibration and hit rate", plot_activity),
     ("baselines.png", "Comparison with baselines", plot_baselines),
     ("truth_recall.png", "Retrieval recall of the true best users", plot_truth_recall),
@@ -260,45 +274,113 @@ DAY_PLOTS: list[tuple[str, str, Callable[[dict], Figure]]] = [
 
 
 # ============================================================================ html
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td.v{text-align:right;font-family:monospace}
-.na{color:#999}figure{display:inline-block;margin:0.5em}figcaption{font-size:13px;color:#555}"""
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("dualrec.evaluation", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any, kind: str = "num") -> str:
+    """A figure for people: shares as percentages, counts with separators, 'n/a' for null."""
     if v is None:
-        return '<span class="na">null</span>'
+        return "n/a"
     if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.4g}"
+        return "yes" if v else "no"
     if isinstance(v, (dict, list)):
         text = json.dumps(v)
-        return html.escape(text if len(text) < 160 else text[:157] + "...")
-    return html.escape(str(v))
+        return text if len(text) < 160 else text[:157] + "..."
+    if not isinstance(v, (int, float)):
+        return str(v)
+    if kind == "pct":
+        return f"{100 * v:.1f} %"
+    if kind == "int" or (isinstance(v, int) and kind == "num"):
+        return f"{int(round(v)):,}"
+    if kind == "sec":
+        return f"{v:,.1f} s"
+    return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+_ENV.filters["fmt"] = fmt
+
+HEADLINE: list[tuple[str, list[tuple[str, str, str]]]] = [
+    ("Activity (who comes back on D+1)", [
+        ("activity.auc", "activity model AUC", "num"),
+        ("activity.auc_baseline_last_day", "AUC of 'active today' (baseline)", "num"),
+        ("activity.hit_rate", "dispatched users active on D+1", "pct"),
+        ("activity.hit_rate_all_users", "all users active on D+1", "pct"),
+    ]),
+    ("Dispatch (creator side)", [
+        ("dispatch.policy", "policy", "str"),
+        ("dispatch.items", "items uploaded", "int"),
+        ("dispatch.coverage", "items with >= 1 user (coverage)", "pct"),
+        ("dispatch.fair_share", "fair share m = min(L, Q|U|/items)", "int"),
+        ("dispatch.fair_served", "items with >= m/2 users", "pct"),
+        ("dispatch.items_full", "items with L users", "int"),
+        ("dispatch.users_per_item_gini", "Gini of users per item", "num"),
+        ("dispatch.users_matched", "users matched", "int"),
+        ("dispatch.max_du", "max |D_u| (must be <= Q)", "int"),
+        ("dispatch.q", "Q", "int"),
+        ("dispatch.l", "L", "int"),
+    ]),
+    ("Quality (synthetic truth and logged positives)", [
+        ("quality.expected_feedback", "expected visible feedback, total", "num"),
+        ("quality.optimum_ratio", "share of the exact optimum", "pct"),
+        ("quality.items_reaching_feedback", "items expecting >= 1 visible feedback", "pct"),
+        ("quality.feedback_per_pair", "expected feedback per pair", "num"),
+        ("quality.recall_at_l", "recall of logged D+1 positives", "pct"),
+        ("index.recall_at_k", "ANN recall vs exact", "pct"),
+    ]),
+]
+
+ASSIGNMENTS = [("ours", ""), ("random", "_random"), ("popular", "_popular"), ("Algorithm 1 (arrival)", "_arrival"),
+               ("optimum", "_optimum"), ("optimum, any user", "_optimum_all_users")]
+
+
+def day_context(day: dt.date, metrics: dict, images: list[tuple[str, str]]) -> dict[str, Any]:
+    """Everything the day template shows, as plain rows."""
+    headline = [(title, [(label, fmt(_g(metrics, p), kind) if kind != "str" else fmt(_g(metrics, p)), p)
+                         for p, label, kind in rows]) for title, rows in HEADLINE]
+    opt = _g(metrics, "quality.expected_feedback_optimum")
+    assignments = []
+    for name, sfx in ASSIGNMENTS:
+        total = _g(metrics, f"quality.expected_feedback{sfx}")
+        assignments.append({
+            "name": name,
+            "total": fmt(total),
+            "per_pair": fmt(_g(metrics, f"quality.feedback_per_pair{sfx}")),
+            "reach": fmt(_g(metrics, f"quality.items_reaching_feedback{sfx}"), "pct"),
+            "recall": fmt(_g(metrics, f"quality.recall_at_l{sfx}"), "pct"),
+            "of_opt": fmt(total / opt, "pct") if isinstance(total, (int, float)) and opt else "n/a",
+        })
+    share = _g(metrics, "dispatch.channel_share") or {}
+    anyc = _g(metrics, "dispatch.channel_share_any") or {}
+    tr = _g(metrics, "retrieval.truth_recall") or {}
+    chans = list(dict.fromkeys([*share, *PAPER_CHANNEL_SHARE]))
+    channels = [{"name": c, "share": fmt(share.get(c), "pct"), "any": fmt(anyc.get(c), "pct"),
+                 "paper": fmt(PAPER_CHANNEL_SHARE.get(c), "pct"), "truth_recall": fmt(tr.get(c), "pct")} for c in chans]
+    if "merged" in tr:
+        channels.append({"name": "merged", "share": "", "any": "", "paper": "", "truth_recall": fmt(tr["merged"], "pct")})
+    auc = _g(metrics, "ranking.auc") or {}
+    logged = _g(metrics, "ranking.auc_logged") or {}
+    tasks = [{"name": t, "auc": fmt(auc.get(t)), "logged": fmt(logged.get(t))}
+             for t in dict.fromkeys([*auc, *logged]) if not isinstance(auc.get(t), dict)]
+    stages = [{"name": k, "seconds": fmt(v, "sec")} for k, v in (_g(metrics, "cost.stage_seconds") or {}).items()]
+    missing = [p for p in REQUIRED_PATHS if _g(metrics, p) is None]
+    all_rows = [(r["metric"], fmt(json.loads(r["detail"]) if r["detail"] not in (None, "bool") else r["value"]))
+                for r in flatten(metrics)]
+    return {
+        "day": day, "eval_day": metrics.get("eval_day", (day + dt.timedelta(days=1)).isoformat()),
+        "headline": headline, "assignments": assignments, "channels": channels, "tasks": tasks, "stages": stages,
+        "paper_auc": PAPER_RANK_AUC["with_sa_ef"], "images": images, "missing": missing, "all_rows": all_rows,
+        "pool": _g(metrics, "quality.optimum_pool_users"), "exact": _g(metrics, "quality.optimum_exact"),
+    }
 
 
 def render_day_html(day: dt.date, metrics: dict, images: list[tuple[str, str]]) -> str:
-    """The day page: headline SPEC figures, plots, then every metric."""
-    head = "".join(f"<tr><td>{html.escape(p)}</td><td class=v>{_fmt(_g(metrics, p))}</td></tr>" for p in REQUIRED_PATHS)
-    figs = "".join(
-        f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
-        for f, c in images
-    )
-    rows = "".join(
-        f"<tr><td>{html.escape(r['metric'])}</td><td class=v>"
-        f"{_fmt(json.loads(r['detail']) if r['detail'] not in (None, 'bool') else r['value'])}</td></tr>"
-        for r in flatten(metrics)
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>DualRec {day}</title><style>{_CSS}</style></head>"
-        f"<body><h1>DualRec day report {day}</h1><p>Dispatch of items uploaded on {day}, evaluated against "
-        f"{html.escape(str(metrics.get('eval_day', day + dt.timedelta(days=1))))} logs. "
-        f"<a href='../index.html'>trend across days</a></p>"
-        f"<h2>Headline (SPEC section 6)</h2><table><tr><th>metric</th><th>value</th></tr>{head}</table>"
-        f"<h2>Plots</h2>{figs}<h2>All metrics</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
-        f"</body></html>"
-    )
+    """The day page: headline tables, per-assignment, per-channel and per-task tables, plots, every metric."""
+    return _ENV.get_template("day.html.j2").render(**day_context(day, metrics, images))
 
 
 def write_report(lake: Lake | str, day: dt.date | str, metrics: dict) -> str:
@@ -360,23 +442,18 @@ def write_trend(lake: Lake | str) -> str:
             fname = f"trend_{i}.png"
             _write_bytes(lake, posixpath.join(staging, fname), _png(plot_trend(history, title, paths)))
             images.append((f"trend/{fname}", title))
-    cols = ["activity.hit_rate", "activity.auc", "dispatch.items", "dispatch.items_covered", "dispatch.items_full",
-            "dispatch.max_du", "quality.feedback_per_pair", "quality.feedback_per_pair_oracle", "quality.recall_at_l",
-            "cost.total_seconds"]
+    cols = [("activity.hit_rate", "hit rate", "pct"), ("dispatch.items", "items", "int"),
+            ("dispatch.coverage", "coverage", "pct"), ("dispatch.fair_served", "fair served", "pct"),
+            ("dispatch.max_du", "max |D_u|", "int"), ("quality.expected_feedback", "expected feedback", "num"),
+            ("quality.optimum_ratio", "of optimum", "pct"), ("quality.recall_at_l", "recall@L", "pct"),
+            ("cost.total_seconds", "wall time", "sec")]
     rows = []
     for d in sorted(history):
         has = lake.exists(f"{REPORTS}/dt={d.isoformat()}/index.html")
-        link = f"<a href='dt={d.isoformat()}/index.html'>{d}</a>" if has else str(d)
-        rows.append(f"<tr><td>{link}</td>" + "".join(f"<td class=v>{_fmt(_g(history[d], c))}</td>" for c in cols) + "</tr>")
-    figs = "".join(
-        f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
-        for f, c in images
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>DualRec trend</title><style>{_CSS}</style></head>"
-        f"<body><h1>DualRec across days</h1><p>{len(history)} day(s) with metrics.</p>{figs}"
-        f"<table><tr><th>day</th>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr>{''.join(rows)}</table>"
-        f"</body></html>"
+        rows.append({"day": d, "link": f"dt={d.isoformat()}/index.html" if has else None,
+                     "cells": [fmt(_g(history[d], p), kind) for p, _, kind in cols]})
+    page = _ENV.get_template("trend.html.j2").render(
+        n_days=len(history), images=images, columns=[c[1] for c in cols], rows=rows
     )
     rel = f"{REPORTS}/index.html"
     tmp = f"{REPORTS}/.index-{uuid.uuid4().hex}.html"

@@ -1,0 +1,176 @@
+"""Dispatch policies over a day (``DispatchConfig.policy``), on NumPy arrays.
+
+``arrival``
+    The paper's Algorithm 1 exactly: batches in upload order, items in upload order within a
+    batch, each takes its best remaining available users up to L.
+``matching``
+    Batches in order; within a batch, greedy by g under both caps.
+``paced`` (online)
+    Before batch b it sets one per-item budget
+    ``B_b = clip(floor(C_b / (n_b + F_b)), 1, L)``: C_b = remaining slots of the store, n_b =
+    the batch's items, F_b = forecast of the uploads still to come after b, taken from earlier
+    days' upload curves (mean uploads per batch; today's own rate so far when there is no
+    history). Then ``matching`` with item cap B_b. It never looks at later batches, so an item
+    uploaded at 6 pm still finds users; the last batch may take up to L.
+``optimal`` (whole day at once)
+    One min-cost flow over all of the day's edges (each item's candidates already respect its
+    batch cutoff): maximise Σ g + Σ_i bonus_i(n_i), bonus concave in the item's user count: a
+    bonus for the first user (coverage) and for each user up to a floor of
+    ``ceil(floor_share · m)``, m = the fair share min(L, ⌊Q·|Ũ| / items⌋). Bonuses are in units of
+    max g.
+
+``paced`` and ``optimal`` can rank edges by g · p_active(u) (``weight_by_p_active``): g is the
+expected feedback *if the user sees the item*, so in theory a pair is worth about g · p_active.
+Measured on a real run of tiny it is worse (optimal 780 vs 795 expected feedback), so it is off
+by default. The published g is always the ranker's g.
+
+Default knobs (``floor_share`` 1.0, g only) were chosen by ``benchmarks/dispatch.py policies
+--sweep``: the best creator figures within 5 % of the best expected feedback (BENCHMARKS 6b).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dualrec.dispatch.kernels import assign_arrays
+
+POLICIES = ("arrival", "matching", "paced", "optimal")
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """Knobs of ``paced`` and ``optimal`` (``DispatchConfig``)."""
+
+    floor_share: float = 1.0
+    floor_bonus: float = 1.0
+    cover_bonus: float = 1.0
+    weight_by_p_active: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "PolicyParams":
+        return cls(
+            floor_share=float(getattr(cfg, "optimal_floor_share", cls.floor_share)),
+            floor_bonus=float(getattr(cfg, "optimal_floor_bonus", cls.floor_bonus)),
+            cover_bonus=float(getattr(cfg, "optimal_cover_bonus", cls.cover_bonus)),
+            weight_by_p_active=bool(getattr(cfg, "weight_by_p_active", cls.weight_by_p_active)),
+        )
+
+
+def kernel_scores(policy: str, g: np.ndarray, p_active: np.ndarray | None, params: PolicyParams) -> np.ndarray:
+    """The score a policy's kernel ranks by: g, or g · p_active for paced/optimal (see module doc)."""
+    if p_active is None or policy not in ("paced", "optimal") or not params.weight_by_p_active:
+        return np.asarray(g)
+    return np.asarray(g, dtype=np.float64) * np.asarray(p_active, dtype=np.float64)
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"dispatch.policy must be one of {POLICIES}, got {policy!r}")
+
+
+def fair_share(n_items: int, n_users: int, L: int, Q: int) -> int:
+    """m = min(L, ⌊Q·|Ũ| / items⌋): the users per item if the store's slots were split evenly."""
+    if n_items <= 0:
+        return int(L)
+    return int(min(L, (Q * n_users) // n_items))
+
+
+def upload_curve(prior_batches: list[np.ndarray], batches_per_day: int) -> np.ndarray | None:
+    """Mean uploads per batch over earlier days, from each day's batch index per item (None: no history)."""
+    days = [np.asarray(b, dtype=np.int64) for b in prior_batches]
+    if not days:
+        return None
+    counts = np.stack([np.bincount(b, minlength=batches_per_day)[:batches_per_day] for b in days])
+    return counts.mean(axis=0).astype(np.float64)
+
+
+def forecast_remaining(curve: np.ndarray | None, b: int, batches_per_day: int, seen_so_far: int) -> float:
+    """Uploads expected after batch b: the curve's tail, or today's own rate so far without history."""
+    if curve is not None:
+        return float(curve[b + 1 :].sum())
+    return seen_so_far / (b + 1) * (batches_per_day - b - 1)
+
+
+def paced_budget(slots_left: int, n_batch_items: int, forecast_rest: float, L: int) -> int:
+    """B_b = clip(floor(C_b / (n_b + F_b)), 1, L); 0 when the store is full."""
+    if slots_left <= 0 or n_batch_items <= 0:
+        return 0
+    return int(min(L, max(1, math.floor(slots_left / (n_batch_items + max(forecast_rest, 0.0))))))
+
+
+def optimal_floor(n_items: int, n_users: int, L: int, Q: int, params: PolicyParams) -> int:
+    return int(math.ceil(params.floor_share * fair_share(n_items, n_users, L, Q)))
+
+
+def assign_optimal(item_ids, user_ids, g, item_rank, capacity, L: int, floor: int, params: PolicyParams) -> np.ndarray:
+    """The ``optimal`` kernel call (shared by the NumPy driver and the Spark stage)."""
+    return assign_arrays(
+        item_ids, user_ids, g, item_rank, capacity, L, "flow",
+        floor=floor, floor_bonus=params.floor_bonus, cover_bonus=params.cover_bonus,
+    )
+
+
+def batch_kernel(policy: str) -> str:
+    """The per-batch kernel of an online policy."""
+    return {"arrival": "arrival", "matching": "matching", "paced": "matching"}[policy]
+
+
+def dispatch_day_arrays(
+    batch: Any, item_ids: Any, user_ids: Any, g: Any, item_rank: Any, available_users: Any, L: int, Q: int,
+    policy: str = "arrival", *, batches_per_day: int | None = None, curve: np.ndarray | None = None,
+    n_items: int | None = None, params: PolicyParams = PolicyParams(), p_active: Any = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """A whole day in NumPy: batches in order, the store carried across them (the same rules as
+    the Spark stage; benchmarks and evaluation use it).
+
+    ``n_items``: the day's uploads (default: items with edges); ``curve``: :func:`upload_curve`
+    of earlier days (``paced``); ``p_active``: per edge, the user's p_active (see
+    :func:`kernel_scores`). Returns the selected-edge mask and, per batch, |D_u| of every
+    user in ``available_users`` (sorted by user_id) after that batch.
+    """
+    check_policy(policy)
+    batch = np.asarray(batch, dtype=np.int64)
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    g = kernel_scores(policy, np.asarray(g), p_active, params)
+    item_rank = np.asarray(item_rank, dtype=np.int64)
+    users = np.unique(np.asarray(available_users, dtype=np.int64))
+    nb = int(batches_per_day if batches_per_day is not None else (batch.max() + 1 if batch.size else 1))
+    n_items = int(np.unique(item_ids).size if n_items is None else n_items)
+    matched = np.zeros(len(users), dtype=np.int64)
+    pos = np.minimum(np.searchsorted(users, user_ids), max(len(users) - 1, 0))
+    known = (users[pos] == user_ids) if len(users) else np.zeros(len(user_ids), dtype=bool)
+    mask = np.zeros(len(g), dtype=bool)
+    states: dict[int, np.ndarray] = {}
+    if policy == "optimal":
+        sel = np.flatnonzero(known)
+        floor = optimal_floor(n_items, len(users), L, Q, params)
+        m = assign_optimal(item_ids[sel], user_ids[sel], g[sel], item_rank[sel], Q, L, floor, params)
+        mask[sel[m]] = True
+        for b in range(nb):
+            matched += np.bincount(pos[sel[m & (batch[sel] == b)]], minlength=len(users))
+            states[b] = matched.copy()
+        return mask, states
+    items_per_batch = np.zeros(nb, dtype=np.int64)
+    if item_ids.size:  # every item of a batch counts, even one whose users are all unavailable
+        ub = np.unique(np.stack([batch, item_ids]), axis=1)
+        items_per_batch = np.bincount(ub[0], minlength=nb)[:nb]
+    seen = 0
+    for b in range(nb):
+        seen += int(items_per_batch[b])
+        sel = np.flatnonzero((batch == b) & known)
+        if sel.size:
+            cap = Q - matched[pos[sel]]
+            cap_item = L
+            if policy == "paced":
+                slots = int((Q - matched).sum())
+                cap_item = paced_budget(slots, int(items_per_batch[b]), forecast_remaining(curve, b, nb, seen), L)
+            m = assign_arrays(item_ids[sel], user_ids[sel], g[sel], item_rank[sel], cap, cap_item, batch_kernel(policy))
+            mask[sel[m]] = True
+            matched += np.bincount(pos[sel[m]], minlength=len(users))
+        states[b] = matched.copy()
+    return mask, states
