@@ -11,6 +11,16 @@ from dualrec.config import SparkConfig
 log = logging.getLogger(__name__)
 
 
+def launched_by_spark_submit() -> bool:
+    """True in a Python driver started by ``spark-submit``: its JVM (and ``--master``) already exist.
+
+    spark-submit's PythonRunner hands the driver its gateway through ``PYSPARK_GATEWAY_PORT``
+    (pyspark's own test for an existing JVM). Setting ``master`` then would silently turn a
+    ``--master spark://...`` submission into a local-mode run.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def get_spark(cfg: SparkConfig | None = None):
     """Return the active session or build one (local mode unless ``cfg.master`` says otherwise).
 
@@ -36,7 +46,7 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.sql.sources.partitionOverwriteMode", "static")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     )
-    if not os.environ.get("SPARK_SUBMIT_OPTS") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+    if not launched_by_spark_submit() and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
         builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
         if "spark.driver.extraJavaOptions" not in cfg.conf:
             log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
