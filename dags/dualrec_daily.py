@@ -8,8 +8,9 @@ through the Spark provider's ``SparkSubmitOperator``. Two params:
   ``{dispatch: {Q: 5}, two_tower: {epochs: 1}}``; empty = the defaults (default ``$DUALREC_CONFIG``).
 
 The connection (default ``dualrec_spark`` = local mode, ``$DUALREC_SPARK_MASTER`` or an
-``AIRFLOW_CONN_DUALREC_SPARK`` pointing at a cluster) decides where Spark runs; set
-``$DUALREC_PY_FILES`` to the dualrec wheel for a cluster whose nodes do not have it installed.
+``AIRFLOW_CONN_DUALREC_SPARK`` pointing at a cluster) decides where Spark runs; for a cluster
+whose nodes lack the package, set ``$DUALREC_PY_FILES`` to the dualrec wheel copied to a ``.zip``
+name (Spark puts only .zip/.egg/.jar py-files on the executors' ``sys.path``).
 ``max_active_runs=1``: a day warm-starts from the previous day's models.
 Parsing imports only Airflow and :mod:`dualrec.airflow_support` (standard library).
 """
@@ -22,7 +23,7 @@ import os
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param
 
-from dualrec.airflow_support import config_file, ensure_spark_connection, stage_application
+from dualrec.airflow_support import config_file, ensure_spark_connection, py_files, stage_application
 from dualrec.registry import STAGES
 
 CONN_ID = ensure_spark_connection(os.environ.get("DUALREC_SPARK_CONN_ID", "dualrec_spark"))
@@ -59,7 +60,7 @@ with DAG(
                 "--date", "{{ ds }}",
                 "--config", "{{ dualrec_config_file(params.config) }}",
             ],
-            py_files=os.environ.get("DUALREC_PY_FILES") or None,
+            py_files=py_files(),
             conf={"spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false"},
         )
         if previous is not None:

@@ -7,6 +7,8 @@ standard library only (no pyarrow, pyspark, torch, not even the config module).
   handed to ``SparkSubmitOperator`` (the same file ``spark-submit`` runs by hand).
 - :func:`ensure_spark_connection`: a default Spark connection in local mode when none is
   configured (set ``AIRFLOW_CONN_<ID>`` or create the connection to point at a cluster).
+- :func:`py_files`: ``$DUALREC_PY_FILES`` (the package for cluster nodes that lack it), refused as
+  a ``.whl``, which Spark ships but never puts on the executors' ``sys.path``.
 - :func:`config_file`: the DAG's single ``config`` param (a path, or inline YAML) as the
   file the stage's ``--config`` reads; the job validates it before Spark starts.
 """
@@ -43,6 +45,23 @@ def ensure_spark_connection(conn_id: str = DEFAULT_CONN_ID, master: str | None =
         json.dumps({"conn_type": "spark", "host": master or os.environ.get("DUALREC_SPARK_MASTER", DEFAULT_MASTER)}),
     )
     return conn_id
+
+
+def py_files(value: str | None = None) -> str | None:
+    """``--py-files`` for every task: ``$DUALREC_PY_FILES`` (comma-separated), or None.
+
+    Spark adds only ``.zip``/``.egg``/``.jar`` py-files to the executors' ``sys.path`` (the
+    driver gets any), so a ``.whl`` fails only once an executor imports dualrec; a wheel is a
+    zip archive, so copying it to ``dualrec.zip`` is enough.
+    """
+    value = os.environ.get("DUALREC_PY_FILES", "") if value is None else value
+    wheels = [p.strip() for p in value.split(",") if p.strip().lower().endswith(".whl")]
+    if wheels:
+        raise ValueError(
+            f"DUALREC_PY_FILES names wheel(s) {', '.join(wheels)}: Spark puts only .zip/.egg/.jar py-files on "
+            "the executors' sys.path; copy the wheel to a .zip name (a wheel is a zip archive) and pass that"
+        )
+    return value.strip() or None
 
 
 def config_file(value: str | None) -> str:

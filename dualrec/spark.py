@@ -36,8 +36,7 @@ def get_spark(cfg: SparkConfig | None = None):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
-        SparkSession.builder.appName(cfg.app_name)
-        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        SparkSession.builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
@@ -46,11 +45,14 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.sql.sources.partitionOverwriteMode", "static")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     )
-    if not launched_by_spark_submit() and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
-        if "spark.driver.extraJavaOptions" not in cfg.conf:
-            log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
-            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+    if not launched_by_spark_submit():
+        # spark-submit's --name (the Airflow task names each stage) and --master win
+        builder = builder.appName(cfg.app_name)
+        if "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+            builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
+            if "spark.driver.extraJavaOptions" not in cfg.conf:
+                log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+                builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
     for k, v in cfg.conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

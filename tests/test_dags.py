@@ -124,3 +124,12 @@ def test_parsing_the_dag_imports_no_heavy_modules():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_py_files_refuses_a_wheel_spark_would_not_put_on_the_executors_path():
+    from dualrec.airflow_support import py_files
+
+    assert py_files("") is None
+    assert py_files("/opt/dualrec/dualrec-0.1.0.zip") == "/opt/dualrec/dualrec-0.1.0.zip"
+    with pytest.raises(ValueError, match=r"\.zip"):
+        py_files("/opt/dist/dualrec-0.1.0-py3-none-any.whl")
