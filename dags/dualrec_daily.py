@@ -11,7 +11,9 @@ The connection (default ``dualrec_spark`` = local mode, ``$DUALREC_SPARK_MASTER`
 ``AIRFLOW_CONN_DUALREC_SPARK`` pointing at a cluster) decides where Spark runs; for a cluster
 whose nodes lack the package, set ``$DUALREC_PY_FILES`` to the dualrec wheel copied to a ``.zip``
 name (Spark puts only .zip/.egg/.jar py-files on the executors' ``sys.path``).
-``max_active_runs=1``: a day warm-starts from the previous day's models.
+``max_active_runs=1``: a day warm-starts from the previous day's models. Daily from
+``$DUALREC_START_DATE`` with catchup; ``DUALREC_SCHEDULE`` changes the schedule (a cron
+expression, or ``none`` for runs triggered only, e.g. when the day's deliveries have landed).
 Parsing imports only Airflow and :mod:`dualrec.airflow_support` (standard library).
 """
 
@@ -23,16 +25,17 @@ import os
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param
 
-from dualrec.airflow_support import config_file, ensure_spark_connection, py_files, stage_application
+from dualrec.airflow_support import config_file, ensure_spark_connection, py_files, schedule, stage_application
 from dualrec.registry import STAGES
 
 CONN_ID = ensure_spark_connection(os.environ.get("DUALREC_SPARK_CONN_ID", "dualrec_spark"))
 START = dt.datetime.fromisoformat(os.environ.get("DUALREC_START_DATE", "2026-01-01")).replace(tzinfo=dt.timezone.utc)
+SCHEDULE = schedule(os.environ.get("DUALREC_SCHEDULE", "@daily"))
 
 with DAG(
     dag_id="dualrec_daily",
     description="DualRec creator-side dispatch: activity, towers, indexes, retrieval, ranking, dispatch, metrics",
-    schedule="@daily",
+    schedule=SCHEDULE,
     start_date=START,
     catchup=True,
     max_active_runs=1,

@@ -47,6 +47,12 @@ def ensure_spark_connection(conn_id: str = DEFAULT_CONN_ID, master: str | None =
     return conn_id
 
 
+def schedule(value: str) -> str | None:
+    """The DAG schedule from ``$DUALREC_SCHEDULE``: a preset/cron string, or None for ``none``/empty."""
+    value = value.strip()
+    return None if value.lower() in ("", "none") else value
+
+
 def py_files(value: str | None = None) -> str | None:
     """``--py-files`` for every task: ``$DUALREC_PY_FILES`` (comma-separated), or None.
 

@@ -133,3 +133,12 @@ def test_py_files_refuses_a_wheel_spark_would_not_put_on_the_executors_path():
     assert py_files("/opt/dualrec/dualrec-0.1.0.zip") == "/opt/dualrec/dualrec-0.1.0.zip"
     with pytest.raises(ValueError, match=r"\.zip"):
         py_files("/opt/dist/dualrec-0.1.0-py3-none-any.whl")
+
+
+def test_schedule_is_daily_unless_configured(dagbag):
+    from dualrec.airflow_support import schedule
+
+    assert schedule("@daily") == "@daily" and schedule("0 3 * * *") == "0 3 * * *"
+    assert schedule("none") is None and schedule("") is None
+    if "DUALREC_SCHEDULE" not in __import__("os").environ:
+        assert type(dagbag.dags["dualrec_daily"].timetable).__name__ != "NullTimetable"
