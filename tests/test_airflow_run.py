@@ -22,7 +22,8 @@ from dualrec.registry import STAGES
 from dualrec.lake import Lake
 from services import REPO, Daemon, free_port, http_json, wait_for
 
-pytestmark = pytest.mark.slow
+# ~3-4 min on a quiet 2-core machine; the timeout leaves room for a crowded one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DAY = dt.date(2026, 1, 10)
 # inline YAML through the DAG's single `config` param; small knobs, the route is what is tested
@@ -35,7 +36,7 @@ CONFIG = (
     "metrics: {max_items: 100, oracle_pool_users: 1000}\n"
     "spark: {shuffle_partitions: 2}\n"
 )
-RUN_TIMEOUT = 1500
+RUN_TIMEOUT = 3000
 
 
 def _api(base: str, path: str, method: str = "GET", body: dict | None = None):

@@ -27,7 +27,8 @@ from jobs.cli import main as cli_main
 from schemas.tables import TABLES
 from services import Daemon, build_wheel, free_port, http_json, wait_for
 
-pytestmark = pytest.mark.slow
+# ~3-4 min on a quiet 2-core machine; the timeout leaves room for a crowded one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DAY = dt.date(2026, 1, 10)
 # small knobs: this test is about the route (cluster, shipping, equality), not model quality
