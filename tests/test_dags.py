@@ -75,7 +75,7 @@ def _render(dag, config: str, tmp_path) -> list[str]:
 def test_config_param_inline_yaml_reaches_the_stage_as_a_config_file(dagbag, tmp_path, monkeypatch):
     """Inline YAML becomes a file that --config loads; a path passes through; empty = defaults."""
     from dualrec.config import DualRecConfig
-    from jobs.common import add_common_args, context_from_args
+    from jobs.common import add_common_args, load_config
 
     monkeypatch.setenv("DUALREC_CONFIG_DIR", str(tmp_path / "configs"))
     dag = dagbag.dags["dualrec_daily"]
@@ -87,9 +87,9 @@ def test_config_param_inline_yaml_reaches_the_stage_as_a_config_file(dagbag, tmp
         add_common_args(p)
         args = _render(dag, config, tmp_path)
         assert args[:4] == ["--lake", str(tmp_path / "lake"), "--date", "2026-01-10"]
-        return context_from_args(p.parse_args(args)).cfg
+        parsed = p.parse_args(args)
+        return load_config(parsed.config, parsed.set)
 
-    (tmp_path / "lake").mkdir()
     cfg = loaded("dispatch: {Q: 5}\nrank:\n  epochs: 1\n")
     assert cfg.dispatch.Q == 5 and cfg.rank.epochs == 1 and cfg.dispatch.L == DualRecConfig().dispatch.L
     # same content, same file (retries and the seven tasks of a run share it)
@@ -101,7 +101,7 @@ def test_config_param_inline_yaml_reaches_the_stage_as_a_config_file(dagbag, tmp
     own.write_text("dispatch:\n  L: 50\n")
     assert _render(dag, str(own), tmp_path)[5] == str(own)
     assert loaded(str(own)).dispatch.L == 50
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="Qq"):
         loaded("dispatch: {Qq: 5}")
 
 
