@@ -39,13 +39,22 @@ CONFIG = (
 RUN_TIMEOUT = 3000
 
 
-def _api(base: str, path: str, method: str = "GET", body: dict | None = None):
+def _api(base: str, path: str, method: str = "GET", body: dict | None = None, attempts: int = 5):
+    """One REST call; a slow answer (a crowded machine) is retried, an HTTP error is not."""
     req = urllib.request.Request(
         base + path, method=method, data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read().decode() or "null")
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read().decode() or "null")
+        except urllib.error.HTTPError:
+            raise
+        except (TimeoutError, urllib.error.URLError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
 
 
 def _dag_parsed(base: str) -> bool:
