@@ -11,6 +11,16 @@ from dualrec.config import SparkConfig
 log = logging.getLogger(__name__)
 
 
+def launched_by_spark_submit() -> bool:
+    """True in a Python driver started by ``spark-submit``: its JVM (and ``--master``) already exist.
+
+    spark-submit's PythonRunner hands the driver its gateway through ``PYSPARK_GATEWAY_PORT``
+    (pyspark's own test for an existing JVM). Setting ``master`` then would silently turn a
+    ``--master spark://...`` submission into a local-mode run.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def get_spark(cfg: SparkConfig | None = None):
     """Return the active session or build one (local mode unless ``cfg.master`` says otherwise).
 
@@ -26,8 +36,7 @@ def get_spark(cfg: SparkConfig | None = None):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
-        SparkSession.builder.appName(cfg.app_name)
-        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        SparkSession.builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
@@ -39,11 +48,14 @@ def get_spark(cfg: SparkConfig | None = None):
         # broadcast instead of shuffling millions of pairs twice (sort-merge); cfg.conf may override
         .config("spark.sql.autoBroadcastJoinThreshold", "64m")
     )
-    if not os.environ.get("SPARK_SUBMIT_OPTS") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
-        if "spark.driver.extraJavaOptions" not in cfg.conf:
-            log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
-            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+    if not launched_by_spark_submit():
+        # spark-submit's --name (the Airflow task names each stage) and --master win
+        builder = builder.appName(cfg.app_name)
+        if "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+            builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
+            if "spark.driver.extraJavaOptions" not in cfg.conf:
+                log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+                builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
     for k, v in cfg.conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

@@ -1,4 +1,7 @@
-"""End to end on a tiny synthetic world: run, invariants, evaluate, rerun, backfill, spark-submit, Airflow."""
+"""End to end on a tiny synthetic world: run, invariants, evaluate, rerun, backfill, spark-submit.
+
+The DAG under a real Airflow scheduler: tests/test_airflow_run.py; the cluster route: tests/test_cluster.py.
+"""
 
 from __future__ import annotations
 
@@ -109,32 +112,6 @@ def test_spark_submit_runs_a_stage_from_a_shell(ran, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Lake(lake_copy).read_table("match_sets", RUN_DAY).num_rows == Lake(ran).read_table("match_sets", RUN_DAY).num_rows
-
-
-def test_airflow_dag_runs_end_to_end(world, tmp_path):
-    """`airflow dags test dualrec_daily` runs every stage through spark-submit on a tiny world."""
-    lake_copy = str(tmp_path / "lake")
-    shutil.copytree(world, lake_copy, ignore=shutil.ignore_patterns("_runs", "_locks"))
-    home = tmp_path / "airflow"
-    env = dict(
-        os.environ,
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=os.path.abspath("dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        DUALREC_SPARK_MASTER="local[2]",
-        PYSPARK_PYTHON=sys.executable,
-        PYSPARK_DRIVER_PYTHON=sys.executable,
-    )
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
-    day = (RUN_DAY - dt.timedelta(days=2)).isoformat()
-    conf = {"lake": lake_copy, "two_tower.epochs": 1, "rank.epochs": 1, "activity.n_estimators": 60}
-    proc = subprocess.run(
-        ["airflow", "dags", "test", "dualrec_daily", day, "--conf", json.dumps(conf)],
-        env=env, capture_output=True, text=True, timeout=1500,
-    )
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    lake = Lake(lake_copy)
-    assert lake.has_partition("match_sets", day) and lake.has_partition("metrics", day)
 
 
 def test_movielens_fixture_ingest_backfill_evaluate(tmp_path, spark, capsys):
