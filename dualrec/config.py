@@ -8,6 +8,7 @@ CLI and Airflow DAG params can all override the same thing. Defaults follow the 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 import tomllib
@@ -204,6 +205,24 @@ class MetricsConfig:
     calibration_bins: int = 10
 
 
+REFERENTIAL_CHECKS: tuple[str, ...] = ("interactions_items", "interactions_users", "visits_users", "interaction_after_upload")
+SANITY_GATES: tuple[str, ...] = ("available_users", "candidates", "matches")
+
+
+@dataclass
+class ValidationConfig:
+    """What a stage accepts from upstream (docs/reliability.md lists every check)."""
+
+    # partitions an operator accepts as absent inside a read window, as "table:YYYY-MM-DD"
+    # (recorded in the stage's stats and the day's run record; never silent)
+    allow_missing: list[str] = field(default_factory=list)
+    # per referential check: "error" (stop the stage) or "drop_and_report" (leave the rows out, count them)
+    referential: dict[str, str] = field(default_factory=lambda: {c: "error" for c in REFERENTIAL_CHECKS})
+    # sanity gates a day may fail without failing the run (e.g. a lake where no match is expected)
+    expect_empty: list[str] = field(default_factory=list)
+    cache: bool = True  # reuse a partition's validation result while its listing (names, sizes, mtimes) is unchanged
+
+
 @dataclass
 class DualRecConfig:
     """The single configuration object of the pipeline."""
@@ -217,6 +236,7 @@ class DualRecConfig:
     rank: RankConfig = field(default_factory=RankConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -333,6 +353,21 @@ def _check(cfg: Any, where: str) -> None:
                 "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by Spark's s3a and PyArrow) "
                 "or the Airflow Spark connection"
             )
+    if isinstance(cfg, ValidationConfig):
+        unknown = sorted(set(cfg.referential) - set(REFERENTIAL_CHECKS))
+        bad = sorted(k for k, v in cfg.referential.items() if v not in ("error", "drop_and_report"))
+        if unknown or bad:
+            raise ValueError(f"{where}.referential: checks are {', '.join(REFERENTIAL_CHECKS)} with policy "
+                             f"'error' or 'drop_and_report' (unknown: {unknown}, bad policy: {bad})")
+        gates = sorted(set(cfg.expect_empty) - set(SANITY_GATES))
+        if gates:
+            raise ValueError(f"{where}.expect_empty: unknown gate(s) {gates}; gates: {', '.join(SANITY_GATES)}")
+        for entry in cfg.allow_missing:
+            table, _, day = str(entry).partition(":")
+            try:
+                dt.date.fromisoformat(day)
+            except ValueError:
+                raise ValueError(f"{where}.allow_missing entries are 'table:YYYY-MM-DD', got {entry!r}") from None
     if isinstance(cfg, RetrievalConfig):
         missing = [c for c in cfg.channels if c not in cfg.k]
         if missing:

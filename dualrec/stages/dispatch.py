@@ -21,6 +21,11 @@ from dualrec.stages.base import StageContext
 log = logging.getLogger(__name__)
 
 
+def reads(cfg, day):
+    """Upstream partitions read for ``day``: D's uploads only."""
+    return {"items": [day]}
+
+
 
 
 def run(ctx: StageContext) -> dict:

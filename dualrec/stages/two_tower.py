@@ -30,6 +30,18 @@ NAME = "two_tower"
 INDEX_NAME = "user_index"
 
 
+def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
+    """Upstream partitions read for ``day`` (checked by the runner before ``run``): the windows of :func:`train_model`."""
+    c = cfg.two_tower
+    window = date_range(day - dt.timedelta(days=c.train_window_days - 1), day)
+    return {
+        "users": [day],
+        "interactions": window,
+        "visits": window,
+        "items": date_range(window[0] - dt.timedelta(days=c.item_lookback_days), day),
+    }
+
+
 def _content_dim(ctx: StageContext, items) -> int:
     d = ctx.lake.emb_dim()
     if d:
