@@ -149,8 +149,13 @@ class Lake:
         for info in self._fs.get_file_info(sel):
             name = info.base_name
             if info.type == pafs.FileType.Directory and name.startswith("dt="):
+                try:
+                    day = dt.date.fromisoformat(name[3:])
+                except ValueError:
+                    log.warning("ignoring %s/%s: not a dt=YYYY-MM-DD partition", rel_dir, name)
+                    continue
                 if self.is_complete(posixpath.join(rel_dir, name)):
-                    out.append(parse_date(name[3:]))
+                    out.append(day)
         return sorted(out)
 
     # ------------------------------------------------------------------ publish
