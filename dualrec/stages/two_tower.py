@@ -71,11 +71,15 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
 
     feats = T.user_features(users, visits, inter, items, day, content_dim, exclude).cache()
     pairs = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi")
+    # every collected frame is put in a fixed order: Spark's row order varies run to run, and the
+    # subsample, the normalisers (float means) and the data order of training depend on it
     pair_pd = pairs.select("user_id", "item_id", "day").toPandas()
+    pair_pd = pair_pd.sort_values(["day", "user_id", "item_id"], kind="stable").reset_index(drop=True)
     if len(pair_pd) > cfg.max_train_pairs:
         pair_pd = pair_pd.sample(n=cfg.max_train_pairs, random_state=ctx.seed("two_tower.subsample")).sort_index()
     pair_pd = pair_pd.sort_values(["day", "user_id", "item_id"], kind="stable").reset_index(drop=True)
     pos_items = T.item_features(items.join(pairs.select("item_id").distinct(), "item_id", "left_semi")).toArrow()
+    pos_items = pos_items.sort_by("item_id")
 
     act_days = [d for d in window if lake.has_partition("activity_scores", d)]
     activity = lake.read_df(spark, "activity_scores", act_days) if act_days else None
@@ -85,7 +89,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
         pool_pd = pool_df.toPandas()
         for d, g in pool_pd.groupby("day"):
             pools[d] = np.sort(g["user_id"].to_numpy(np.int64))
-    feat_arrow = feats.toArrow()
+    feat_arrow = feats.toArrow().sort_by("user_id")
 
     spec = model_spec(cfg, content_dim)
     warm_from = lake.latest_model_before(NAME, day) if cfg.warm_start else None
