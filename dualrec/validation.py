@@ -148,12 +148,23 @@ class _References:
         self.lake = lake
         self._items: dict[dt.date, tuple[np.ndarray, np.ndarray]] = {}
         self._item_fp: dict[dt.date, str] = {}
+        self._all_items: list[dt.date] | None = None
         self._users: dict[dt.date, np.ndarray | None] = {}
 
-    def _items_upto(self, day: dt.date) -> tuple[np.ndarray, np.ndarray, str]:
-        """Sorted item ids of every items partition <= ``day``, their upload times (us) and a version."""
-        days = [d for d in self.lake.partitions("items") if d <= day]
-        ids, ups, h = [], [], hashlib.sha1()
+    def _items_days(self, day: dt.date) -> tuple[list[dt.date], str]:
+        """Items partitions <= ``day`` and a version of their content (listing fingerprints)."""
+        if self._all_items is None:
+            self._all_items = self.lake.partitions("items")
+        days = [d for d in self._all_items if d <= day]
+        h = hashlib.sha1()
+        for d in days:
+            if d not in self._item_fp:
+                self._item_fp[d] = self.lake.fingerprint("items", d)
+            h.update(f"{d}:{self._item_fp[d]};".encode())
+        return days, h.hexdigest()
+
+    def _items_upto(self, days: list[dt.date]) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted item ids of the given items partitions and their upload times (us)."""
         for d in days:
             if d not in self._items:
                 t = self.lake.read_table("items", d, columns=["item_id", "upload_ts"])
@@ -161,15 +172,12 @@ class _References:
                     t.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64),
                     _micros(t.column("upload_ts")),
                 )
-                self._item_fp[d] = self.lake.fingerprint("items", d)
-            ids.append(self._items[d][0])
-            ups.append(self._items[d][1])
-            h.update(f"{d}:{self._item_fp[d]};".encode())
-        if not ids:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), h.hexdigest()
-        all_ids, all_up = np.concatenate(ids), np.concatenate(ups)
+        if not days:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        all_ids = np.concatenate([self._items[d][0] for d in days])
+        all_up = np.concatenate([self._items[d][1] for d in days])
         order = np.argsort(all_ids, kind="stable")
-        return all_ids[order], all_up[order], h.hexdigest()
+        return all_ids[order], all_up[order]
 
     def _users_of(self, day: dt.date) -> np.ndarray | None:
         if day not in self._users:
@@ -186,9 +194,7 @@ class _References:
         checks = ["visits_users"] if table == "visits" else ["interactions_items", "interaction_after_upload", "interactions_users"]
         pol = {c: policies.get(c, "error") for c in checks}
         users_fp = lake.fingerprint("users", day) if lake.has_partition("users", day) else "absent"
-        items_version = ""
-        if table == "interactions":
-            item_ids, item_up, items_version = self._items_upto(day)
+        items_days, items_version = self._items_days(day) if table == "interactions" else ([], "")
         version = _digest(lake.fingerprint(table, day), users_fp, items_version, sorted(pol.items()), VALIDATOR_VERSION)
         if ("refs", table, day, version) in memo:
             return {}
@@ -206,6 +212,7 @@ class _References:
         if users is not None:
             bad[checks[-1]] = ~np.isin(uid, users)
         if table == "interactions":
+            item_ids, item_up = self._items_upto(items_days)
             iid = data.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
             pos = np.searchsorted(item_ids, iid).clip(max=max(len(item_ids) - 1, 0))
             found = (item_ids[pos] == iid) if len(item_ids) else np.zeros(len(iid), bool)

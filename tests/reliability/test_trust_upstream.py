@@ -303,3 +303,55 @@ def test_dualrec_run_exits_2_on_a_corrupt_file(world, capsys, extra_file):
     assert rc == 2, err
     assert f"table 'items', partition dt={DAY}, file 'part-00005.parquet': not a readable Parquet file" in err, err
     assert not world.has_partition("activity_scores", DAY)
+
+
+# ----------------------------------------------------------------------------- 4. sanity gates
+@pytest.fixture()
+def gate_lake(tmp_path):
+    from relhelpers import dispatch_lake
+
+    return dispatch_lake(tmp_path / "lake")
+
+
+def _nobody_available(lake: Lake) -> None:
+    t = lake.read_table("activity_scores", DAY)
+    lake.write_table("activity_scores", DAY, t.set_column(2, "available", pa.array([False] * t.num_rows)))
+
+
+def test_sanity_gates_refuse_an_empty_day_with_uploads(gate_lake):
+    from dualrec.pipeline import SanityError, sanity_gates
+
+    cfg = DualRecConfig()
+    _nobody_available(gate_lake)
+    with pytest.raises(SanityError) as e:
+        sanity_gates(gate_lake, DAY, cfg)
+    msg = str(e.value)
+    assert "30 upload(s)" in msg and "no user is available" in msg and "gate 'available_users'" in msg
+    assert "gate 'candidates'" in msg and "gate 'matches'" in msg  # nothing retrieved, nothing matched
+    ok = DualRecConfig.from_dict({"validation": {"expect_empty": ["available_users", "candidates", "matches"]}})
+    assert sanity_gates(gate_lake, DAY, ok)["available_users"] == 0
+
+
+def test_a_broken_day_is_not_marked_complete(gate_lake, monkeypatch):
+    """run_day with every stage 'succeeding' but nobody available: exit 1 semantics, day incomplete."""
+    import dualrec.pipeline as P
+    from jobs.common import EXIT_FAILED, exit_code
+
+    _nobody_available(gate_lake)
+    monkeypatch.setattr(P, "run_stage", lambda name, fn, ctx: {})  # the stages' own work is not under test
+    monkeypatch.setattr(P, "stage_fn", lambda name: None)
+    assert exit_code(lambda: P.run_day(gate_lake, DAY, DualRecConfig())) == EXIT_FAILED
+    assert not P.is_day_done(gate_lake, DAY)
+    P.run_day(gate_lake, DAY, DualRecConfig.from_dict(
+        {"validation": {"expect_empty": ["available_users", "candidates", "matches"]}}))
+    assert P.is_day_done(gate_lake, DAY)
+
+
+def test_a_day_without_uploads_passes_the_gates(gate_lake):
+    from dualrec.pipeline import sanity_gates
+
+    items = gate_lake.read_table("items", DAY).slice(0, 0)
+    gate_lake.write_meta({"emb_dim": 4, "allow_empty_tables": ["items"]})
+    gate_lake.write_table("items", DAY, items)
+    _nobody_available(gate_lake)
+    assert sanity_gates(gate_lake, DAY, DualRecConfig())["items"] == 0
