@@ -109,12 +109,14 @@ def check_reads(
                 f"or accept the gap explicitly with validation.allow_missing=['{entry}']"
             )
         present[table] = keep
-        for d in keep:
-            out.partitions += 1
-            if validate_partition(lake, table, d, memo, use_cache):
-                out.cached += 1
-            else:
-                out.validated += 1
+    # day D first (fail fast on today's delivery, as before), then the history, newest first
+    order = sorted(((t, d) for t, ds in present.items() for d in ds), key=lambda td: (td[1] != day, -td[1].toordinal()))
+    for table, d in order:
+        out.partitions += 1
+        if validate_partition(lake, table, d, memo, use_cache):
+            out.cached += 1
+        else:
+            out.validated += 1
     refs = _References(lake)
     policies = dict(getattr(vcfg, "referential", {}) or {})
     for table in REF_TABLES:
