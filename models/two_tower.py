@@ -250,6 +250,13 @@ class TwoTowerModel(nn.Module):
         return self.item_mlp(x)
 
 
+def new_two_tower(spec: ModelSpec | dict[str, Any], seed: int) -> TwoTowerModel:
+    """A freshly initialised model whose weights depend only on ``seed`` (the global torch RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TwoTowerModel.from_spec(spec)
+
+
 # ---------------------------------------------------------------------- inference
 @torch.no_grad()
 def user_embeddings(model: TwoTowerModel, users: pd.DataFrame | pa.Table | pa.RecordBatch, batch_rows: int = 8192) -> np.ndarray:

@@ -55,7 +55,7 @@ def _content_dim(ctx: StageContext, items) -> int:
 def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
     """Train (or warm-start and fine-tune) the model on the window; returns (model, user_feats_df, manifest)."""
     from dualrec import two_tower as T
-    from models.two_tower import TwoTowerModel, build_train_data, load_two_tower, model_spec, spec_matches, train_two_tower
+    from models.two_tower import build_train_data, load_two_tower, model_spec, new_two_tower, spec_matches, train_two_tower
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     spark = ctx.spark
@@ -102,7 +102,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
             log.info("two_tower: previous model dt=%s has another shape; cold start", warm_from)
             warm_from = None
     if model is None:
-        model = TwoTowerModel(spec)
+        model = new_two_tower(spec, ctx.seed("two_tower.init"))  # seeded: the initial weights were the global RNG's
     data = build_train_data(feat_arrow, pos_items, pair_pd, pools, spec)
     metrics = train_two_tower(model, data, cfg, ctx.seed("two_tower.train"), fit_normalizers=warm_from is None)
     manifest = {
