@@ -21,7 +21,7 @@ from schemas.tables import TABLES
 
 from relhelpers import DAY, copy_world, fast_cfg, table_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # four trainings: long on a loaded 2-core box
 
 KEYS = {t: list(TABLES[t].key) for t in TABLES}
 PUBLISHES = {"two_tower": (("user_embeddings",), ("two_tower", "user_index")), "rank": (("ranked",), ("ranker",))}
