@@ -12,6 +12,7 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["dualrec", "dualrec.*", "jobs", "jobs.*", "models", "models.*", "schemas", "schemas.*"]),
     include_package_data=True,
+    package_data={"dualrec": ["*.properties", "templates/*", "evaluation/templates/*"]},
     install_requires=[
         # torch is pinned: 2.13.0 is the CPU build; a looser spec pulls a multi-GB CUDA build.
         "torch==2.13.0",
@@ -25,6 +26,9 @@ setup(
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
         "pyyaml>=6",
+        "filelock>=3.12",
+        "rich>=13",
+        "pydantic>=2",
         "apache-airflow>=3.0,<4",
         # 5.6 depends on pyspark itself; 6.x pulls pyspark-client, which overwrites pyspark's files
         "apache-airflow-providers-apache-spark==5.6.0",

@@ -1,374 +1,573 @@
-"""One configuration object for the whole pipeline.
+"""One configuration object for the whole pipeline, validated by pydantic v2.
 
-Every knob lives here (no constants scattered in modules) so that a YAML/TOML file, the
-CLI and Airflow DAG params can all override the same thing. Defaults follow the paper
+Every knob lives here (no constants scattered in modules) so that a YAML/TOML/JSON file, the
+CLI (``--set key=value``) and the Airflow DAG override the same thing. Defaults follow the paper
 (L=200 users per item, Q=10 items per user per day).
+
+Why so strict: a configuration that runs but means nothing (a typo that drops a feedback weight,
+a negative slack, a bool as Q, a channel that does not exist) costs a whole day of stages before
+anyone notices. So every section refuses unknown keys, every choice is a ``Literal``, every
+number is finite and bounded (the bounds are in :meth:`DualRecConfig.model_json_schema`), ints
+are strict (``True`` is not a Q) and the channel names are checked against the channel registry
+at load time. Every failure is a :class:`ConfigError` (a ``ValueError``: CLI exit 2) that names
+the key path and the bad value.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+import typing
+import zlib
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-FEEDBACKS: tuple[str, ...] = ("like", "comment", "follow", "share", "profile_enter", "long_view")
-"""The M=6 feedback types predicted by the ranker (paper 5.1.2)."""
+from schemas.feedback import RANK_TASKS, VISIBLE_FEEDBACKS
 
-EXPLICIT_FEEDBACKS: tuple[str, ...] = ("like", "comment", "follow", "share", "profile_enter")
+FEEDBACKS: tuple[str, ...] = RANK_TASKS
+"""The M=6 feedback types predicted by the ranker (paper 5.1.2); defined in schemas.feedback."""
+
+EXPLICIT_FEEDBACKS: tuple[str, ...] = VISIBLE_FEEDBACKS
 """Feedback the creator can see; used as two-tower positives and in truth metrics."""
+
+Feedback = Literal[RANK_TASKS]  # type: ignore[valid-type]  # the keys of rank.beta
+
+DEFAULT_BETA: dict[str, float] = {
+    "like": 1.0,
+    "comment": 2.0,
+    "follow": 3.0,
+    "share": 2.0,
+    "profile_enter": 0.5,
+    "long_view": 0.05,
+}
+DEFAULT_K: dict[str, int] = {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300}
+
+
+class ConfigError(ValueError):
+    """A configuration that must not run; the message names the key path(s) and the bad value(s)."""
+
+
+_channel_registry: Callable[[], Collection[str]] | None = None
+
+
+def use_channel_registry(names: Callable[[], Collection[str]] | None) -> None:
+    """Install the source of the registered retrieval-channel names.
+
+    ``retrieval.channels`` and the keys of ``retrieval.k`` are checked against it when a config
+    is built, so a mistyped channel stops the run at load time, not in the retrieve stage.
+    The registry lives in :mod:`dualrec.channels` (a higher layer than this module), which
+    installs it when imported; every entry point (:func:`jobs.common.load_config`) installs it
+    explicitly. Without one, channel names are checked only when the channels are resolved.
+    """
+    global _channel_registry
+    _channel_registry = names
+
+
+def known_channels() -> list[str] | None:
+    """The registered channel names, or None when no registry is installed."""
+    return None if _channel_registry is None else sorted(_channel_registry())
 
 
 def step_seed(seed: int, day, step: str) -> int:
     """Deterministic seed for one random step: config seed, the date and the step name."""
-    import zlib
-
     return (seed * 1_000_003 + day.toordinal() * 7919 + zlib.crc32(step.encode())) % (2**31 - 1)
 
 
-@dataclass
-class SparkConfig:
-    """Spark session settings; local mode by default, a cluster by changing ``master``."""
+class _Section(BaseModel):
+    """Shared rules: unknown keys refused, strict types (no bool for int, no str for float),
+    finite floats only, and assignments are validated too."""
 
-    master: str = "local[*]"
-    app_name: str = "dualrec"
-    shuffle_partitions: int = 8
-    driver_memory: str = "6g"
-    arrow_batch_size: int = 10000
-    conf: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class ActivityConfig:
-    """User activity prediction (paper 4.2.1)."""
-
-    lookback_days: int = 30
-    # 7 = every weekday once: the training days D-6..D-1 then include the weekday of D+1
-    # (the latest labelled day D is the early-stopping set).
-    train_target_days: int = 7
-    max_train_rows: int = 400_000
-    # "top_n": keep the N most likely users, N = items * L / Q * slack;
-    # "probability": keep users with p_active >= probability_threshold.
-    policy: str = "top_n"
-    probability_threshold: float = 0.5
-    slack: float = 3.0
-    min_available: int = 0
-    # top_n: N is also capped at ceil(expected_active_cap * sum(p_active)), the model's expected
-    # number of visitors tomorrow; demand beyond that only adds users who will not come.
-    # 0 disables the cap (pure demand-derived N).
-    expected_active_cap: float = 1.0
-    n_estimators: int = 300
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    early_stopping_rounds: int = 20
-    subsample: float = 0.9
-    colsample_bytree: float = 0.9
-
-
-@dataclass
-class TwoTowerConfig:
-    """Two-tower retrieval model and the user ANN index (paper 3.2.2)."""
-
-    dim: int = 32
-    hidden: int = 128
-    train_window_days: int = 14
-    epochs: int = 3
-    batch_size: int = 1024
-    lr: float = 0.003
-    negatives_per_positive: int = 4
-    in_batch_negatives: bool = True
-    item_id_dropout: float = 0.5
-    id_buckets: int = 1 << 18
-    warm_start: bool = True
-    max_train_pairs: int = 2_000_000
-    # index: exact below this many vectors, IVF above
-    exact_max: int = 100_000
-    ivf_nlist: int = 0  # 0 = 4*sqrt(n)
-    ivf_nprobe: int = 32
-    recall_queries: int = 200
-    recall_k: int = 200
-    # feature encoders: hashed ID embeddings of width id_dim; small categoricals hashed to cat_buckets
-    id_dim: int = 16
-    cat_buckets: int = 1024
-    # how far back items are read to find the content of items liked inside the training window
-    item_lookback_days: int = 30
-    # leave out feedback on items uploaded on D itself (the items this run dispatches), so the
-    # model and the users' liked-content summary never see feedback on the items being served
-    exclude_day_uploads: bool = True
-    infer_batch_rows: int = 8192
-    ivf_train_max: int = 200_000  # points sampled to train the IVF coarse quantizer
-    recall_target: float = 0.95  # IVF nprobe is doubled at build time until recall@recall_k reaches this
-    torch_threads: int = 2  # intra-op threads for training (1 is faster on a crowded machine)
-
-
-@dataclass
-class SimilarityConfig:
-    """Similarity services S^I, S^U and H^I (paper 3.2.1)."""
-
-    item_window_days: int = 7
-    item_k: int = 20
-    user_k: int = 20
-    positives_window_days: int = 14
-    positives_cap: int = 200
-
-
-@dataclass
-class RetrievalConfig:
-    """Retrieval channels and their per-channel K (paper 3.2, Eq. 5 and 8)."""
-
-    channels: list[str] = field(default_factory=lambda: ["two_tower", "i2i2u", "i2u2u"])
-    k: dict[str, int] = field(default_factory=lambda: {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300})
-    # Our extension (off by default): seed i2u2u with the creator's recently engaged users
-    # (positives on the creator's earlier items), so an item without feedback yet is not empty.
-    i2u2u_creator_seed: bool = False
-    i2u2u_creator_seed_weight: float = 0.5  # seed weight relative to the item's own positives
-    creator_seed_days: int = 14  # how far back the creator's earlier items are looked up
-    # two_tower: at most this many items per day are searched on the driver; above it the search
-    # runs in mapInArrow with model + index broadcast. Measured on small (958 items, K=1000, local[2]):
-    # driver 3.7 s (createDataFrame of 958k rows dominates) vs mapInArrow 1.5 s, hence 0 by default.
-    two_tower_driver_max_items: int = 0
-    search_batch: int = 1024  # item queries per FAISS call
-    # drop (item, user) pairs where the user already interacted with the item before the
-    # item's micro-batch cutoff: they would spend a dispatch slot on an item already seen
-    exclude_seen: bool = True
-
-
-@dataclass
-class RankConfig:
-    """Multi-task ranker and score integration (paper 3.3, Eq. 10)."""
-
-    train_window_days: int = 7
-    epochs: int = 2
-    batch_size: int = 2048
-    lr: float = 0.002
-    emb_dim: int = 16
-    hidden: int = 128
-    sample_augmentation: bool = True
-    extra_features: bool = True
-    warm_start: bool = True
-    cadence_days: int = 1
-    max_train_rows: int = 2_000_000
-    beta: dict[str, float] = field(
-        default_factory=lambda: {
-            "like": 1.0,
-            "comment": 2.0,
-            "follow": 3.0,
-            "share": 2.0,
-            "profile_enter": 0.5,
-            "long_view": 0.05,
-        }
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        validate_assignment=True,
+        validate_default=True,
     )
-    # theta_u = (explicit positives + prior_strength * global_rate) / (impressions + prior_strength)
-    theta_prior_strength: float = 20.0
-    # features (point-in-time): user history window, item "so far" history, item lookup range
-    user_window_days: int = 14
-    item_history_days: int = 7
-    item_lookback_days: int = 30
-    profile_dim: int = 16  # content embeddings are projected (fixed seeded map) to this width
-    rate_prior_strength: float = 10.0  # smoothing of per-item/creator/user positive rates
-    id_buckets: int = 1 << 17
-    cat_buckets: int = 64
-    score_batch_rows: int = 8192
-    torch_threads: int = 1  # training threads; >1 only pays on dedicated cores (measured: 2 threads 18x slower on a loaded 2-core box)
-
-
-@dataclass
-class DispatchConfig:
-    """Available-user store and capacity-constrained assignment (paper 4, Algorithm 1)."""
-
-    L: int = 200
-    Q: int = 10
-    batches_per_day: int = 24
-    policy: str = "arrival"  # "arrival" (Algorithm 1) or "matching" (our improvement)
-    boost_lambda: float = 1.0
-    # Per-batch assignment engine: "numpy" (one Spark task per batch runs the NumPy kernel via
-    # mapInArrow; fastest, see benchmarks/dispatch.py) or "spark" (pure Spark rounds of windows).
-    engine: str = "numpy"
-
-
-@dataclass
-class MetricsConfig:
-    """Evaluation (SPEC 6): sample sizes that keep truth-based metrics cheap at large scale."""
-
-    # truth metrics, baselines and the oracle run on at most this many of the day's items
-    max_items: int = 2000
-    # oracle / truth-recall candidate pool: a random subset of this many available users
-    oracle_pool_users: int = 20000
-    # pairs per Truth call (memory bound)
-    truth_chunk_pairs: int = 2_000_000
-    calibration_bins: int = 10
-
-
-REFERENTIAL_CHECKS: tuple[str, ...] = ("interactions_items", "interactions_users", "visits_users", "interaction_after_upload")
-SANITY_GATES: tuple[str, ...] = ("available_users", "candidates", "matches")
-
-
-@dataclass
-class ValidationConfig:
-    """What a stage accepts from upstream (docs/reliability.md lists every check)."""
-
-    # partitions an operator accepts as absent inside a read window, as "table:YYYY-MM-DD"
-    # (recorded in the stage's stats and the day's run record; never silent)
-    allow_missing: list[str] = field(default_factory=list)
-    # per referential check: "error" (stop the stage) or "drop_and_report" (leave the rows out, count them)
-    referential: dict[str, str] = field(default_factory=lambda: {c: "error" for c in REFERENTIAL_CHECKS})
-    # sanity gates a day may fail without failing the run (e.g. a lake where no match is expected)
-    expect_empty: list[str] = field(default_factory=list)
-    cache: bool = True  # reuse a partition's validation result while its listing (names, sizes, mtimes) is unchanged
-
-
-@dataclass
-class DualRecConfig:
-    """The single configuration object of the pipeline."""
-
-    seed: int = 0
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    activity: ActivityConfig = field(default_factory=ActivityConfig)
-    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
-    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    rank: RankConfig = field(default_factory=RankConfig)
-    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "DualRecConfig":
-        """Build a config from nested dicts, rejecting unknown keys (typos must not pass silently)."""
-        return _build(cls, data or {}, "config")
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "DualRecConfig":
-        """Load YAML/TOML/JSON (by extension), then apply dotted ``overrides`` ("dispatch.Q": 5)."""
-        data: dict[str, Any] = {}
-        if path:
-            p = Path(path)
-            if not p.is_file():
-                raise ValueError(f"config file not found: {p}")
-            text = p.read_text()
-            if p.suffix in (".yaml", ".yml"):
-                data = yaml.safe_load(text) or {}
-            elif p.suffix == ".toml":
-                data = tomllib.loads(text)
-            elif p.suffix == ".json":
-                data = json.loads(text)
-            else:
-                raise ValueError(f"config file must be .yaml, .yml, .toml or .json: {p}")
-            if not isinstance(data, dict):
-                raise ValueError(f"config file {p} must hold a mapping at top level")
-        cfg = cls.from_dict(data)
-        for key, value in (overrides or {}).items():
-            cfg = cfg.with_override(key, value)
-        return cfg
-
-    def with_override(self, dotted: str, value: Any) -> "DualRecConfig":
-        """Return a copy with one dotted key replaced (e.g. ``dispatch.Q``)."""
-        data = self.to_dict()
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], dict):
-                raise ValueError(f"unknown config key: {dotted}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ValueError(f"unknown config key: {dotted}")
-        old = node[parts[-1]]
-        if isinstance(value, str):
-            # CLI/Airflow values are YAML (JSON is YAML): '5' -> 5, '"arrival"' -> 'arrival'
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                parsed = value
-            if not isinstance(old, str) or isinstance(parsed, str):
-                value = parsed
-        node[parts[-1]] = value
-        return DualRecConfig.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-
-def _build(klass: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(klass)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        f = fields[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, dict) and isinstance(value, dict):
-            merged = dict(default)
-            merged.update(value)
-            kwargs[name] = merged
-        else:
-            if default is not None and not isinstance(value, type(default)) and not (
-                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-            ):
-                raise ValueError(
-                    f"{where}.{name} must be {type(default).__name__}, got {type(value).__name__}"
-                    + ("" if name == "conf" else f" ({value!r})")  # spark conf values may be credentials
-                )
-            kwargs[name] = float(value) if isinstance(default, float) else value
-    cfg = klass(**kwargs)
-    _check(cfg, where)
-    return cfg
 
 
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|access\.key|credential(?!s\.provider)", re.IGNORECASE)
 """Spark/Hadoop conf keys that carry credentials (``fs.s3a.secret.key``, ``...session.token`` ...)."""
 
 
-def _check(cfg: Any, where: str) -> None:
-    """Range checks that catch configs that would run but give nonsense."""
-    if isinstance(cfg, DispatchConfig):
-        if cfg.L < 1 or cfg.Q < 1 or cfg.batches_per_day < 1:
-            raise ValueError(f"{where}: L, Q and batches_per_day must be >= 1")
-        if cfg.policy not in ("arrival", "matching"):
-            raise ValueError(f"{where}.policy must be 'arrival' or 'matching', got {cfg.policy!r}")
-        if cfg.engine not in ("numpy", "spark"):
-            raise ValueError(f"{where}.engine must be 'numpy' or 'spark', got {cfg.engine!r}")
-    if isinstance(cfg, ActivityConfig) and cfg.policy not in ("top_n", "probability"):
-        raise ValueError(f"{where}.policy must be 'top_n' or 'probability', got {cfg.policy!r}")
-    if isinstance(cfg, SparkConfig):
-        secret = [k for k in cfg.conf if _SECRET_KEY.search(str(k))]
+class SparkConfig(_Section):
+    """Spark session settings; local mode by default, a cluster by changing ``master``."""
+
+    master: str = Field("local[*]", min_length=1)
+    app_name: str = Field("dualrec", min_length=1)
+    shuffle_partitions: int = Field(8, ge=1)
+    driver_memory: str = Field("6g", pattern=r"^[0-9]+([kKmMgGtTpP][bB]?)?$", description="JVM size, e.g. 512m, 6g")
+    arrow_batch_size: int = Field(10000, ge=1)
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF", "TRACE"] = Field(
+        "ERROR", description="Spark's own (JVM) log level; WARN shows a planner warning per dispatch batch"
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="free-form Spark conf (key -> value); --set spark.conf.<key with dots>=<value> sets one entry; "
+        "credentials are refused (give them through the environment)",
+    )
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _conf_scalars_as_text(cls, v: Any) -> Any:
+        """YAML turns ``4`` and ``true`` into numbers and bools; Spark wants their text."""
+        if not isinstance(v, dict):
+            return v
+        return {k: (("true" if x else "false") if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x)
+                for k, x in v.items()}
+
+    @field_validator("conf")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, str]) -> dict[str, str]:
+        secret = [k for k in v if _SECRET_KEY.search(k)]
         if secret:
             # the value is never echoed; config files end up in repos, DAG params and logs
             raise ValueError(
-                f"{where}.conf must not hold credentials ({', '.join(sorted(secret))}): give them through the "
-                "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by Spark's s3a and PyArrow) "
+                f"must not hold credentials ({', '.join(sorted(secret))}): give them through the environment "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by Spark's s3a and PyArrow) "
                 "or the Airflow Spark connection"
             )
-    if isinstance(cfg, ValidationConfig):
-        unknown = sorted(set(cfg.referential) - set(REFERENTIAL_CHECKS))
-        bad = sorted(k for k, v in cfg.referential.items() if v not in ("error", "drop_and_report"))
-        if unknown or bad:
-            raise ValueError(f"{where}.referential: checks are {', '.join(REFERENTIAL_CHECKS)} with policy "
-                             f"'error' or 'drop_and_report' (unknown: {unknown}, bad policy: {bad})")
-        gates = sorted(set(cfg.expect_empty) - set(SANITY_GATES))
-        if gates:
-            raise ValueError(f"{where}.expect_empty: unknown gate(s) {gates}; gates: {', '.join(SANITY_GATES)}")
-        for entry in cfg.allow_missing:
-            table, _, day = str(entry).partition(":")
-            try:
-                dt.date.fromisoformat(day)
-            except ValueError:
-                raise ValueError(f"{where}.allow_missing entries are 'table:YYYY-MM-DD', got {entry!r}") from None
-    if isinstance(cfg, RetrievalConfig):
-        missing = [c for c in cfg.channels if c not in cfg.k]
+        return v
+
+
+class ActivityConfig(_Section):
+    """User activity prediction (paper 4.2.1)."""
+
+    lookback_days: int = Field(30, ge=1)
+    train_target_days: int = Field(
+        7, ge=1,
+        description="7 = every weekday once: the training days D-6..D-1 then include the weekday of D+1 "
+        "(the latest labelled day D is the early-stopping set)",
+    )
+    max_train_rows: int = Field(400_000, ge=1)
+    policy: Literal["top_n", "probability"] = Field(
+        "top_n",
+        description="top_n: keep the N most likely users, N = items * L / Q * slack; "
+        "probability: keep users with p_active >= probability_threshold",
+    )
+    probability_threshold: float = Field(0.5, gt=0, le=1)
+    slack: float = Field(3.0, gt=0)
+    min_available: int = Field(0, ge=0)
+    expected_active_cap: float = Field(
+        1.0, ge=0,
+        description="top_n: N is also capped at ceil(expected_active_cap * sum(p_active)), the model's expected "
+        "number of visitors tomorrow; 0 disables the cap (pure demand-derived N)",
+    )
+    n_estimators: int = Field(300, ge=1)
+    max_depth: int = Field(6, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    early_stopping_rounds: int = Field(20, ge=0, description="0 disables early stopping")
+    subsample: float = Field(0.9, gt=0, le=1)
+    colsample_bytree: float = Field(0.9, gt=0, le=1)
+
+
+class TwoTowerConfig(_Section):
+    """Two-tower retrieval model and the user ANN index (paper 3.2.2)."""
+
+    dim: int = Field(32, ge=1)
+    hidden: int = Field(128, ge=1)
+    train_window_days: int = Field(14, ge=1)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(0.003, gt=0)
+    negatives_per_positive: int = Field(4, ge=0)
+    in_batch_negatives: bool = True
+    item_id_dropout: float = Field(0.5, ge=0, le=1)
+    id_buckets: int = Field(1 << 18, ge=2, description="hash buckets; bucket 0 is reserved for masked IDs")
+    warm_start: bool = True
+    max_train_pairs: int = Field(2_000_000, ge=1)
+    exact_max: int = Field(100_000, ge=0, description="index: exact below this many vectors, IVF above")
+    ivf_nlist: int = Field(0, ge=0, description="0 = 4*sqrt(n)")
+    ivf_nprobe: int = Field(32, ge=1)
+    recall_queries: int = Field(200, ge=1)
+    recall_k: int = Field(200, ge=1)
+    id_dim: int = Field(16, ge=1, description="width of the hashed ID embeddings")
+    cat_buckets: int = Field(1024, ge=2, description="small categoricals are hashed to this many buckets")
+    item_lookback_days: int = Field(
+        30, ge=1, description="how far back items are read to find the content of items liked inside the training window"
+    )
+    exclude_day_uploads: bool = Field(
+        True,
+        description="leave out feedback on items uploaded on D itself (the items this run dispatches), so the model "
+        "and the users' liked-content summary never see feedback on the items being served",
+    )
+    infer_batch_rows: int = Field(8192, ge=1)
+    ivf_train_max: int = Field(200_000, ge=1, description="points sampled to train the IVF coarse quantizer")
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="IVF nprobe is doubled at build time until recall@recall_k reaches this"
+    )
+    torch_threads: int = Field(2, ge=1, description="intra-op threads for training (1 is faster on a crowded machine)")
+
+    @model_validator(mode="after")
+    def _some_negatives(self) -> "TwoTowerConfig":
+        if self.negatives_per_positive == 0 and not self.in_batch_negatives:
+            raise ValueError("negatives_per_positive=0 with in_batch_negatives=false leaves the softmax no negatives")
+        return self
+
+
+class SimilarityConfig(_Section):
+    """Similarity services S^I, S^U and H^I (paper 3.2.1)."""
+
+    item_window_days: int = Field(7, ge=1)
+    item_k: int = Field(20, ge=1)
+    user_k: int = Field(20, ge=1)
+    positives_window_days: int = Field(14, ge=1)
+    positives_cap: int = Field(200, ge=1)
+
+
+def _channel_enum(schema: dict[str, Any]) -> None:
+    if (names := known_channels()) is not None:
+        schema.setdefault("items", {})["enum"] = names
+
+
+def _channel_keys(schema: dict[str, Any]) -> None:
+    if (names := known_channels()) is not None:
+        schema["propertyNames"] = {"enum": names}
+
+
+def _unregistered(names: Collection[str]) -> str | None:
+    known = known_channels()
+    unknown = [c for c in names if known is not None and c not in known]
+    if unknown:
+        return f"unknown channel(s) {', '.join(unknown)}; registered: {', '.join(known or [])}"
+    return None
+
+
+class RetrievalConfig(_Section):
+    """Retrieval channels and their per-channel K (paper 3.2, Eq. 5 and 8)."""
+
+    channels: list[str] = Field(
+        default=["two_tower", "i2i2u", "i2u2u"],
+        min_length=1,
+        description="enabled channels, registered names only (dualrec.channels.registered_names)",
+        json_schema_extra=_channel_enum,
+    )
+    k: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default=DEFAULT_K,
+        description="per-channel K (>= 1), merged over the defaults; keys are registered channel names",
+        json_schema_extra=_channel_keys,
+    )
+    i2u2u_creator_seed: bool = Field(
+        False,
+        description="our extension: seed i2u2u with the creator's recently engaged users (positives on the "
+        "creator's earlier items), so an item without feedback yet is not empty",
+    )
+    i2u2u_creator_seed_weight: float = Field(0.5, gt=0, description="seed weight relative to the item's own positives")
+    creator_seed_days: int = Field(14, ge=1, description="how far back the creator's earlier items are looked up")
+    two_tower_driver_max_items: int = Field(
+        0, ge=0,
+        description="two_tower: at most this many items per day are searched on the driver; above it the search runs "
+        "in mapInArrow with model + index broadcast (0: always mapInArrow, faster when measured)",
+    )
+    search_batch: int = Field(1024, ge=1, description="item queries per FAISS call")
+    exclude_seen: bool = Field(
+        True,
+        description="drop (item, user) pairs where the user already interacted with the item before the item's "
+        "micro-batch cutoff: they would spend a dispatch slot on an item already seen",
+    )
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_over_defaults(cls, v: Any) -> Any:
+        return {**DEFAULT_K, **v} if isinstance(v, dict) else v
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_registered(cls, v: list[str]) -> list[str]:
+        if msg := _unregistered(v):
+            raise ValueError(msg)
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"channel(s) listed twice: {', '.join(dup)}")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _k_registered(cls, v: dict[str, int]) -> dict[str, int]:
+        if msg := _unregistered(sorted(v)):
+            raise ValueError(msg)
+        return v
+
+    @model_validator(mode="after")
+    def _k_for_every_channel(self) -> "RetrievalConfig":
+        missing = [c for c in self.channels if c not in self.k]
         if missing:
-            raise ValueError(f"{where}.k has no K for channel(s): {', '.join(missing)}")
+            raise ValueError(f"k has no K for channel(s): {', '.join(missing)}")
+        return self
+
+
+class RankConfig(_Section):
+    """Multi-task ranker and score integration (paper 3.3, Eq. 10)."""
+
+    train_window_days: int = Field(7, ge=1)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    lr: float = Field(0.002, gt=0)
+    emb_dim: int = Field(16, ge=1)
+    hidden: int = Field(128, ge=1)
+    sample_augmentation: bool = True
+    extra_features: bool = True
+    warm_start: bool = True
+    cadence_days: int = Field(1, ge=1, description="> 1: a model younger than this many days is reused")
+    max_train_rows: int = Field(2_000_000, ge=1)
+    beta: dict[Feedback, Annotated[float, Field(ge=0)]] = Field(
+        default=DEFAULT_BETA,
+        description="Eq. 10 weight per feedback type (>= 0, at least one > 0), merged over the defaults",
+    )
+    theta_prior_strength: float = Field(
+        20.0, gt=0,
+        description="theta_u = (explicit positives + prior_strength * global_rate) / (impressions + prior_strength)",
+    )
+    user_window_days: int = Field(14, ge=1, description="point-in-time user history window")
+    item_history_days: int = Field(7, ge=1, description="item 'so far' history")
+    item_lookback_days: int = Field(30, ge=1, description="item lookup range")
+    profile_dim: int = Field(16, ge=1, description="content embeddings are projected (fixed seeded map) to this width")
+    rate_prior_strength: float = Field(10.0, gt=0, description="smoothing of per-item/creator/user positive rates")
+    id_buckets: int = Field(1 << 17, ge=2)
+    cat_buckets: int = Field(64, ge=2)
+    score_batch_rows: int = Field(8192, ge=1)
+    torch_threads: int = Field(
+        1, ge=1,
+        description="training threads; >1 only pays on dedicated cores (measured: 2 threads 18x slower on a loaded 2-core box)",
+    )
+
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _beta_over_defaults(cls, v: Any) -> Any:
+        return {**DEFAULT_BETA, **v} if isinstance(v, dict) else v
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_not_all_zero(cls, v: dict[str, float]) -> dict[str, float]:
+        if not any(w > 0 for w in v.values()):
+            raise ValueError("at least one feedback weight must be > 0 (all zero makes every score 0)")
+        return v
+
+
+class DispatchConfig(_Section):
+    """Available-user store and capacity-constrained assignment (paper 4, Algorithm 1)."""
+
+    L: int = Field(200, ge=1, description="users per item")
+    Q: int = Field(10, ge=1, description="items per user per day (|D_u| <= Q)")
+    batches_per_day: int = Field(24, ge=1, le=1440, description="micro-batches per day (at most one a minute)")
+    policy: Literal["arrival", "matching"] = Field("arrival", description="arrival (Algorithm 1) or matching (ours)")
+    boost_lambda: float = Field(1.0, gt=0, description="f' = f + lambda * g for items in D_u (Eq. 14)")
+    engine: Literal["numpy", "spark"] = Field(
+        "numpy",
+        description="per-batch assignment engine: numpy (one Spark task per batch runs the NumPy kernel via "
+        "mapInArrow; fastest) or spark (pure Spark rounds of windows)",
+    )
+
+
+class MetricsConfig(_Section):
+    """Evaluation (SPEC 6): sample sizes that keep truth-based metrics cheap at large scale."""
+
+    max_items: int = Field(2000, ge=1, description="truth metrics, baselines and the oracle use at most this many items")
+    oracle_pool_users: int = Field(20000, ge=1, description="oracle / truth-recall pool of available users")
+    truth_chunk_pairs: int = Field(2_000_000, ge=1, description="pairs per Truth call (memory bound)")
+    calibration_bins: int = Field(10, ge=1)
+
+
+REFERENTIAL_CHECKS: tuple[str, ...] = ("interactions_items", "interactions_users", "visits_users", "interaction_after_upload")
+SANITY_GATES: tuple[str, ...] = ("available_users", "candidates", "matches")
+RefCheck = Literal[REFERENTIAL_CHECKS]  # type: ignore[valid-type]
+Gate = Literal[SANITY_GATES]  # type: ignore[valid-type]
+
+
+class ValidationConfig(_Section):
+    """What a stage accepts from upstream (docs/reliability.md lists every check)."""
+
+    allow_missing: list[Annotated[str, Field(pattern=r"^[a-z_]+:[0-9]{4}-[0-9]{2}-[0-9]{2}$")]] = Field(
+        default_factory=list,
+        description="partitions accepted as absent inside a read window, as 'table:YYYY-MM-DD' "
+        "(recorded in the stage's stats and _validation/_stages; never silent)",
+    )
+    referential: dict[RefCheck, Literal["error", "drop_and_report"]] = Field(
+        default_factory=lambda: {c: "error" for c in REFERENTIAL_CHECKS},
+        description="per referential check: error (stop the stage) or drop_and_report (leave the rows out, count them)",
+    )
+    expect_empty: list[Gate] = Field(
+        default_factory=list, description="sanity gates a day may fail without failing the run"
+    )
+    cache: bool = Field(True, description="reuse a partition's validation while its listing (names, sizes, mtimes) is unchanged")
+
+    @field_validator("referential", mode="before")
+    @classmethod
+    def _referential_over_defaults(cls, v: Any) -> Any:
+        return {**{c: "error" for c in REFERENTIAL_CHECKS}, **v} if isinstance(v, dict) else v
+
+    @field_validator("allow_missing")
+    @classmethod
+    def _real_dates(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            dt.date.fromisoformat(entry.split(":", 1)[1])
+        return v
+
+
+class DualRecConfig(_Section):
+    """The single configuration object of the pipeline."""
+
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    activity: ActivityConfig = Field(default_factory=ActivityConfig)
+    two_tower: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "DualRecConfig":
+        """Build a config from nested dicts; any problem is a :class:`ConfigError` naming the key."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_errors(e)) from e
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "DualRecConfig":
+        """Load YAML/TOML/JSON (by extension), then apply dotted ``overrides`` ("dispatch.Q": 5)."""
+        data: Any = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            text = p.read_text()
+            try:
+                if p.suffix in (".yaml", ".yml"):
+                    data = yaml.safe_load(text) or {}
+                elif p.suffix == ".toml":
+                    data = tomllib.loads(text)
+                elif p.suffix == ".json":
+                    data = json.loads(text)
+                else:
+                    raise ConfigError(f"config file must be .yaml, .yml, .toml or .json: {p}")
+            except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+                raise ConfigError(f"config file {p} does not parse: {e}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {p} must hold a mapping at top level")
+        cfg = cls.from_dict(data)
+        for key, value in (overrides or {}).items():
+            cfg = cfg.with_override(key, value)
+        return cfg
+
+    def with_override(self, dotted: str, value: Any) -> "DualRecConfig":
+        """Return a copy with one dotted key replaced (``dispatch.Q``).
+
+        Inside a map (``spark.conf``, ``rank.beta``, ``retrieval.k``) the rest of the key is one
+        map key, dots included: ``spark.conf.spark.executor.memory`` sets ``conf["spark.executor.memory"]``.
+        String values are parsed as YAML (JSON is YAML: ``'5'`` -> 5), except for str fields.
+        """
+        data = self.to_dict()
+        node: dict[str, Any] = data
+        model: type[BaseModel] = type(self)
+        parts = dotted.split(".")
+        i = 0
+        while True:
+            name = parts[i]
+            field = model.model_fields.get(name)
+            if field is None:
+                raise ConfigError(f"unknown config key: {dotted}")
+            sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+            last = i == len(parts) - 1
+            if last:
+                node[name] = _parse_value(value, field.annotation is str)
+                break
+            if sub is not None:
+                node, model, i = node[name], sub, i + 1
+                continue
+            if typing.get_origin(field.annotation) is dict:
+                key = ".".join(parts[i + 1 :])
+                str_values = typing.get_args(field.annotation)[1] is str
+                node[name] = {**node[name], key: _parse_value(value, str_values)}
+                break
+            raise ConfigError(f"unknown config key: {dotted} ({'.'.join(parts[: i + 1])} is not a section or a map)")
+        return DualRecConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _parse_value(value: Any, as_str: bool) -> Any:
+    """CLI/Airflow values are YAML text; a str field keeps its text unless it was quoted."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if as_str and not isinstance(parsed, str):
+        return value
+    return parsed
+
+
+_TYPE_NAMES = {
+    "int_type": "int", "int_parsing": "int", "int_from_float": "int",
+    "float_type": "float", "float_parsing": "float",
+    "bool_type": "bool", "bool_parsing": "bool",
+    "string_type": "str", "dict_type": "dict", "list_type": "list",
+    "model_type": "mapping", "model_attributes_type": "mapping",
+}
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per problem: ``path: what is wrong (got value)``; spark.conf values are never echoed."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if p != "[key]"]
+        path = ".".join(loc) or "config"
+        secret = path.startswith("spark.conf")
+        got = "<hidden>" if secret else _short(e.get("input"))
+        typ = e["type"]
+        if typ == "extra_forbidden":
+            lines.append(f"{path}: unknown key{_known_keys(loc[:-1])}")
+        elif typ in _TYPE_NAMES:
+            lines.append(f"{path} must be {_TYPE_NAMES[typ]}, got {type(e.get('input')).__name__}"
+                         + ("" if secret else f" {got}"))
+        elif typ == "value_error":
+            lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
+        elif typ == "literal_error" and "[key]" in e["loc"]:
+            lines.append(f"{path}: unknown key, expected one of {e['ctx']['expected']}")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {got})")
+    head = "invalid config: " if len(lines) == 1 else "invalid config:\n  "
+    return head + "\n  ".join(lines)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _known_keys(loc: list[str]) -> str:
+    """`` (known: a, b, ...)`` for the section at ``loc``, to help with typos."""
+    model: Any = DualRecConfig
+    for p in loc:
+        f = model.model_fields.get(p) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if f is None:
+            return ""
+        model = f.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return f" (known: {', '.join(model.model_fields)})"
+    return ""
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`DualRecConfig`: every key, its type, default and bounds."""
+    return DualRecConfig.model_json_schema()

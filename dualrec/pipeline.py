@@ -20,16 +20,20 @@ from typing import Iterator
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from dualrec.config import DualRecConfig
 from dualrec.lake import Lake, LakeError, date_range, parse_date
 from dualrec.registry import STAGES, stage_inputs, table_producer
+from dualrec.progress import Progress, as_progress
 from dualrec.stages.base import StageContext, StageError, check_stage_inputs, run_stage, stage_fn
 
 log = logging.getLogger(__name__)
 
 class RunLockedError(RuntimeError):
-    """Another run of the same day holds the lock."""
+    """Another run of the same day holds the lock (an expected condition: exit 1, no traceback)."""
+
+    expected = True
 
 
 class SanityError(StageError):
@@ -44,56 +48,88 @@ def run_rel(day: dt.date) -> str:
 def day_lock(lake: Lake, day: dt.date) -> Iterator[None]:
     """Refuse a second concurrent run of the same day instead of interleaving two.
 
-    Uses an exclusive create on local lakes. A lock left by a crashed run names its owner;
-    remove ``<lake>/_locks/dt=D.lock`` after checking that run is gone.
+    Local lakes use a kernel file lock (:mod:`filelock`): the kernel releases it when the
+    holding process dies, so a killed run never leaves a stale lock behind. The lock file's
+    owner note (host, pid, start) is only for the message. Object stores have no lock
+    primitive; there the scheduler must serialise runs of a day (the DAG sets
+    ``max_active_runs=1``).
     """
-    rel = f"_locks/dt={day.isoformat()}.lock"
-    path = lake.fs_path(rel)
-    owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
     if "://" in lake.root and not lake.root.startswith("file://"):
-        # object stores have no atomic create-if-absent; rely on the scheduler (max_active_runs=1)
         yield
         return
+    path = lake.fs_path(f"_locks/dt={day.isoformat()}.lock")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    owner_path = path + ".owner"
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+        lock.acquire()
+    except Timeout:
         try:
-            held = open(path).read()
+            held = open(owner_path, encoding="utf-8").read()
         except OSError:
             held = "?"
-        if _stale(held):
-            log.warning("removing stale lock %s held by %s", path, held)
-            os.unlink(path)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        else:
-            raise RunLockedError(f"day {day} is already being run (lock {path} held by {held})") from None
+        raise RunLockedError(f"day {day} is already being run (lock {path} held by {held})") from None
     try:
-        os.write(fd, owner.encode())
-        os.close(fd)
+        with open(owner_path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
         yield
     finally:
         try:
-            os.unlink(path)
+            os.unlink(owner_path)
         except FileNotFoundError:
             pass
+        lock.release()
 
 
-def _stale(held: str) -> bool:
-    """A lock whose owner process on this host no longer exists."""
+@contextmanager
+def day_log(lake: Lake, day: dt.date) -> Iterator[str | None]:
+    """Copy every ``dualrec`` log record of the run into ``<lake>/_logs/dt=D/run.log``.
+
+    The console shows progress and warnings only; the file keeps the whole story of the day
+    (appended across reruns) for whoever investigates it later. Local lakes only.
+    """
+    if "://" in lake.root and not lake.root.startswith("file://"):
+        yield None
+        return
+    path = lake.fs_path(f"_logs/dt={day.isoformat()}/run.log")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("dualrec")
+    old_level = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
     try:
-        info = json.loads(held)
-    except ValueError:
-        return False
-    if info.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError):
-        return False
-    return False
+        yield path
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def stages_from(start: str | None = None, only: list[str] | None = None) -> list[str]:
+    """The stages of a partial rerun: ``only`` (in day order) or every stage from ``start`` on."""
+    if only and start:
+        raise ValueError("give either --stage or --from-stage, not both")
+    for name in [*(only or []), *([start] if start else [])]:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if only:
+        return [s for s in STAGES if s in set(only)]
+    if start:
+        return list(STAGES[STAGES.index(start):])
+    return list(STAGES)
+
+
+def previous_timings(lake: Lake, day: dt.date, look_back: int = 7) -> dict[str, float]:
+    """Stage timings of the most recent complete day before ``day`` (the progress ETA)."""
+    for k in range(1, look_back + 1):
+        d = day - dt.timedelta(days=k)
+        if is_day_done(lake, d):
+            return stage_timings(lake, d)
+    return {}
 
 
 def run_day(
@@ -101,27 +137,33 @@ def run_day(
     day: dt.date | str,
     cfg: DualRecConfig,
     stages: list[str] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Run the stages of one day in order; returns seconds per stage.
 
     Raises the stage's error (naming the stage) on failure; the day is then not marked
-    complete, and a rerun starts again from the first stage (stages are idempotent).
+    complete, and a rerun starts again from the first stage (stages are idempotent). A
+    partial run (``stages``) never marks the day complete unless it ends with the last stage
+    and every earlier stage is already recorded.
     """
     day = parse_date(day)
     names = list(stages or STAGES)
-    say = progress or (lambda msg: log.info("%s", msg))
-    timings: dict[str, float] = {}
-    with day_lock(lake, day):
-        ctx = StageContext(lake=lake, day=day, cfg=cfg)
-        for i, name in enumerate(names, 1):
-            say(f"[{day}] {i}/{len(names)} {name} ...")
-            t0 = time.time()
-            result = run_stage(name, stage_fn(name), ctx)
-            timings[name] = round(time.time() - t0, 3)
-            say(f"[{day}] {i}/{len(names)} {name} done in {timings[name]:.1f}s {_brief(result)}")
-            _write_timings(lake, day, timings, complete=False)
-        if stages is None:
+    prog = as_progress(progress)
+    timings: dict[str, float] = dict(stage_timings(lake, day)) if stages else {}
+    with day_lock(lake, day), day_log(lake, day):
+        ctx = StageContext(lake=lake, day=day, cfg=cfg, progress=prog)
+        prog.start_day(day, names, previous_timings(lake, day))
+        try:
+            for i, name in enumerate(names, 1):
+                prog.stage_started(i, name)
+                t0 = time.time()
+                result = run_stage(name, stage_fn(name), ctx)
+                timings[name] = round(time.time() - t0, 3)
+                prog.stage_done(i, name, timings[name], _brief(result))
+                _write_timings(lake, day, timings, complete=False)
+        finally:
+            prog.close()
+        if all(s in timings for s in STAGES):
             sanity_gates(lake, day, cfg)  # a broken day is left incomplete, so a backfill reruns it
             _write_timings(lake, day, timings, complete=True)
     return timings
@@ -210,7 +252,7 @@ def backfill(
     end: dt.date | str,
     cfg: DualRecConfig,
     force: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Run days in order; complete days are skipped unless ``force``; stops at the first failure.
 
@@ -220,7 +262,8 @@ def backfill(
     days = date_range(start, end)
     if not days:
         raise ValueError(f"empty date range {start}..{end}")
-    say = progress or (lambda msg: log.info("%s", msg))
+    prog = as_progress(progress)
+    say = prog.message
     status: dict[str, str] = {}
     for n, day in enumerate(days, 1):
         if not force and is_day_done(lake, day):
@@ -228,7 +271,7 @@ def backfill(
             say(f"backfill {n}/{len(days)}: {day} already complete, skipped")
             continue
         say(f"backfill {n}/{len(days)}: {day}")
-        run_day(lake, day, cfg, progress=say)
+        run_day(lake, day, cfg, progress=prog)
         status[day.isoformat()] = "done"
     return status
 

@@ -1,29 +1,24 @@
-"""Small statistics shared by the activity model, the ranker and evaluation (NumPy only)."""
+"""The one ROC AUC of the product (activity model, ranker, evaluation): scikit-learn's, wrapped.
+
+The wrapper fixes the argument order (labels first, as scikit-learn) and returns None, not
+an exception, when only one class is present: a quiet day with no positives is a figure that
+cannot be computed (null in ``evaluate --json``), not a failure. scikit-learn averages tied
+scores, which the last-day baseline (a 0/1 score) needs.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """ROC AUC via the Mann-Whitney rank statistic with tie-averaged ranks.
-
-    Ties matter: the last-day heuristic baseline is a 0/1 score, and a naive sort-based AUC
-    would depend on row order. Returns None when only one class is present.
-    """
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(score, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    """ROC AUC of ``score`` against binary labels ``y``; None when a class is missing or a score is NaN."""
+    y = np.asarray(y).astype(bool).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if y.size == 0 or y.all() or not y.any() or not np.isfinite(s).all():
         return None
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    # average rank (1-based) for each run of equal scores
-    boundaries = np.flatnonzero(np.diff(s_sorted)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [s.size]))
-    avg = (starts + ends + 1) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    value = float(roc_auc_score(y, s))
+    return value if math.isfinite(value) else None

@@ -11,14 +11,36 @@ import json
 import logging
 import sys
 
-from jobs.common import EXIT_BAD_INPUT, open_lake, parse_overrides, setup_logging
+import numpy as np
+import yaml
+
+from dualrec.config import config_json_schema
+from dualrec.demo import run_demo
+from dualrec.ingest import add_subcommand as add_ingest
+from dualrec.lake import parse_date
+from dualrec.metrics import evaluate
+from dualrec.pipeline import backfill, run_day, stages_from
+from dualrec.progress import Progress
+from dualrec.registry import STAGES
+from dualrec.report import write_report
+from dualrec.synth import generate
+from jobs.common import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES_HELP,
+    UsageError,
+    exit_code,
+    iso_date,
+    load_config,
+    open_lake,
+    setup_logging,
+    verbose_parent,
+)
+from schemas.tables import TABLES
 
 log = logging.getLogger("dualrec")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from dualrec.synth import generate
-
     summary = generate(args.lake, preset=args.preset, start=args.start, days=args.days, seed=args.seed)
     print(json.dumps(summary, indent=2, default=str) if args.json else _format_summary(summary))
     return 0
@@ -42,14 +64,12 @@ def _fmt(v) -> str:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from dualrec.lake import parse_date
-    from schemas.tables import TABLES
-
-    lake = open_lake(args.lake)
-    tables = [args.table] if args.table else [t for t in TABLES if lake.partitions(t)]
     if args.table and args.table not in TABLES:
-        print(f"error: unknown table {args.table!r}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError(f"unknown table {args.table!r}; tables: {', '.join(TABLES)}")
+    lake = open_lake(args.lake, must_exist=True)
+    tables = [args.table] if args.table else [t for t in TABLES if lake.partitions(t)]
+    if not tables:
+        raise UsageError(f"lake {args.lake!r} holds no table partitions to validate")
     n_bad = n_parts = 0
     for t in tables:
         days = [parse_date(args.date)] if args.date else lake.partitions(t)
@@ -68,37 +88,48 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from dualrec.config import DualRecConfig
-
-    return DualRecConfig.load(getattr(args, "config", None), parse_overrides(getattr(args, "set", None)))
+    return load_config(getattr(args, "config", None), getattr(args, "set", None))
 
 
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    if args.json_schema:
+        print(json.dumps(config_json_schema(), indent=2))
+    elif args.json:
+        print(json.dumps(_config(args).to_dict(), indent=2))
+    else:
+        print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _progress() -> Progress:
+    """A live display on a terminal, plain log lines otherwise (Airflow, CI, pipes)."""
+    return Progress(stream=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dualrec.pipeline import run_day
-
-    timings = run_day(open_lake(args.lake), args.date, _config(args), progress=_progress)
+    stages = stages_from(args.from_stage, args.stage)
+    partial = stages != list(STAGES)
+    cfg = _config(args)
+    timings = run_day(open_lake(args.lake, must_exist=True), args.date, cfg, stages=stages if partial else None,
+                      progress=_progress())
     print(json.dumps({"date": args.date, "stage_seconds": timings}))
     return 0
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from dualrec.pipeline import backfill
-
-    status = backfill(open_lake(args.lake), args.start, args.end, _config(args), force=args.force, progress=_progress)
+    if parse_date(args.end) < parse_date(args.start):
+        raise UsageError(f"--end {args.end} is before --start {args.start}")
+    cfg = _config(args)
+    status = backfill(open_lake(args.lake, must_exist=True), args.start, args.end, cfg, force=args.force,
+                      progress=_progress())
     print(json.dumps(status, indent=2))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dualrec.metrics import evaluate
-    from dualrec.report import write_report
-
-    lake = open_lake(args.lake)
-    metrics = evaluate(lake, args.date, _config(args))
+    cfg = _config(args)
+    lake = open_lake(args.lake, must_exist=True)
+    metrics = evaluate(lake, args.date, cfg)
     path = write_report(lake, args.date, metrics)
     if args.json:
         print(json.dumps(metrics, default=_json_default))
@@ -109,8 +140,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _json_default(v):
-    import numpy as np
-
     if isinstance(v, np.generic):
         return v.item()
     return str(v)
@@ -121,10 +150,8 @@ def _flatten_top(metrics: dict) -> dict:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dualrec.demo import run_demo
-
     out = run_demo(args.lake, preset=args.preset, synth_days=args.days, run_days=args.run_days, seed=args.seed,
-                   cfg=_config(args), progress=_progress)
+                   cfg=_config(args), progress=_progress())
     m = out["metrics"]
     head = {
         "date": out["date"],
@@ -142,56 +169,82 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML/TOML/JSON config file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. dispatch.Q=5")
+    p.add_argument("--config", help="YAML/TOML/JSON config file (see `dualrec config show`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. dispatch.Q=5 or spark.conf.spark.executor.memory=4g (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dualrec", description="DualRec creator-side dispatch pipeline")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    common = verbose_parent()
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="dualrec",
+        description="DualRec creator-side dispatch pipeline: for every new item, the users most likely to "
+        "come back tomorrow and give its creator visible feedback, at most Q items per user a day.",
+        epilog=EXIT_CODES_HELP + "\nRun `dualrec COMMAND --help` for a command's options.",
+        formatter_class=fmt,
+        parents=[common],
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write a synthetic world with hidden ground truth")
-    s.add_argument("--lake", required=True)
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, parents=[common],
+                              epilog=EXIT_CODES_HELP, formatter_class=fmt)
+
+    s = command("synth", "write a synthetic world with hidden ground truth")
+    s.add_argument("--lake", required=True, help="directory to write (created)")
     s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    s.add_argument("--start", required=True, help="first day YYYY-MM-DD")
+    s.add_argument("--start", required=True, type=iso_date, help="first day YYYY-MM-DD")
     s.add_argument("--days", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(fn=_cmd_synth)
 
-    v = sub.add_parser("validate", help="check tables against schemas/")
-    v.add_argument("--lake", required=True)
-    v.add_argument("--table")
-    v.add_argument("--date")
+    v = command("validate", "check tables against schemas/ (exit 2 when any partition has problems)")
+    v.add_argument("--lake", required=True, help="an existing lake")
+    v.add_argument("--table", help="only this table")
+    v.add_argument("--date", type=iso_date, help="only this partition")
     v.set_defaults(fn=_cmd_validate)
 
-    r = sub.add_parser("run", help="run every stage for one logical date")
-    r.add_argument("--lake", required=True)
-    r.add_argument("--date", required=True)
+    r = command("run", "run the stages of one logical date",
+                f"Run a day's stages in order ({', '.join(STAGES)}). A day is marked complete when every "
+                "stage has run; --stage / --from-stage rerun part of a day on the outputs already in the lake.")
+    r.add_argument("--lake", required=True, help="an existing lake")
+    r.add_argument("--date", required=True, type=iso_date)
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--stage", action="append", choices=STAGES, metavar="STAGE",
+                   help=f"run only this stage (repeatable); one of {', '.join(STAGES)}")
+    g.add_argument("--from-stage", choices=STAGES, metavar="STAGE", help="run this stage and every later one")
     _add_config_args(r)
     r.set_defaults(fn=_cmd_run)
 
-    b = sub.add_parser("backfill", help="run days in order, skipping complete ones")
-    b.add_argument("--lake", required=True)
-    b.add_argument("--start", required=True)
-    b.add_argument("--end", required=True)
+    b = command("backfill", "run days in order, skipping complete ones (resumable)")
+    b.add_argument("--lake", required=True, help="an existing lake")
+    b.add_argument("--start", required=True, type=iso_date)
+    b.add_argument("--end", required=True, type=iso_date)
     b.add_argument("--force", action="store_true", help="rerun days that are already complete")
     _add_config_args(b)
     b.set_defaults(fn=_cmd_backfill)
 
-    e = sub.add_parser("evaluate", help="print a day's metrics and write its HTML report")
-    e.add_argument("--lake", required=True)
-    e.add_argument("--date", required=True)
-    e.add_argument("--json", action="store_true")
+    e = command("evaluate", "print a day's metrics (SPEC section 6) and write its HTML report")
+    e.add_argument("--lake", required=True, help="an existing lake")
+    e.add_argument("--date", required=True, type=iso_date)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config_args(e)
     e.set_defaults(fn=_cmd_evaluate)
 
-    from dualrec.ingest import add_subcommand as add_ingest
+    c = command("config", "inspect the configuration")
+    cs = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = cs.add_parser("show", parents=[common], epilog=EXIT_CODES_HELP, formatter_class=fmt,
+                         help="print the effective configuration (after --config and --set) or its JSON schema")
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.add_argument("--json-schema", action="store_true", help="print the JSON schema (keys, types, defaults, bounds)")
+    _add_config_args(show)
+    show.set_defaults(fn=_cmd_config_show)
 
     add_ingest(sub)
 
-    d = sub.add_parser("demo", help="synthesise a small world, run it, evaluate, print the report path")
+    d = command("demo", "synthesise a small world, run it, evaluate, print the report path")
     d.add_argument("--lake", default="./dualrec-demo-lake")
     d.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"],
                    help="tiny (default) finishes in minutes on 2 cores; small takes much longer")
@@ -204,20 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run the sub-command, map errors to the documented exit codes."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    from dualrec.lake import LakeError
-    from dualrec.pipeline import RunLockedError
-    from jobs.common import EXIT_FAILED, StageError
-
-    try:
-        return int(args.fn(args) or 0)
-    except (ValueError, LakeError) as e:  # bad arguments, bad config, bad input (BadInputError is a ValueError)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (StageError, RunLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    verbose = getattr(args, "verbose", 0) or 0
+    setup_logging(verbose)
+    rc: list[int] = []
+    code = exit_code(lambda: rc.append(int(args.fn(args) or 0)), verbose=verbose)
+    return code or (rc[0] if rc else 0)
 
 
 if __name__ == "__main__":

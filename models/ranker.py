@@ -30,7 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from dualrec.hashing import hash_bucket as hash_ids
 from models.torch_io import load_state, save_model, state_to_bytes
+from schemas.feedback import RANK_TASKS
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ VERSION = 1
 MODEL_NAME = "ranker"
 WEIGHTS_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
-TASKS: tuple[str, ...] = ("like", "comment", "follow", "share", "profile_enter", "long_view")
+TASKS: tuple[str, ...] = RANK_TASKS
 
 ID_COLS: tuple[str, ...] = ("user_id", "item_id", "creator_id")
 SMALL_CAT_COLS: tuple[str, ...] = ("category", "age_bucket", "gender", "region", "device")
@@ -113,11 +115,7 @@ class RankerSpec:
 # ---------------------------------------------------------------------- features
 def hash_bucket(x: np.ndarray, buckets: int, salt: int) -> np.ndarray:
     """SplitMix64 of id+salt into [1, buckets): bucket 0 is reserved for "masked / unknown"."""
-    z = np.asarray(x).astype(np.int64).view(np.uint64) + np.uint64((salt * 0x9E3779B97F4A7C15) % (1 << 64))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(buckets - 1)).astype(np.int64) + 1
+    return hash_ids(x, buckets - 1, salt) + 1
 
 
 def _col(df: pd.DataFrame, name: str, dtype) -> np.ndarray:

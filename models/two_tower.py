@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from dualrec.hashing import hash_bucket
 from models.torch_io import load_state, save_model, state_to_bytes
 from torch import nn
 
@@ -73,11 +74,7 @@ _SALT_USER, _SALT_ITEM, _SALT_CREATOR, _SALT_CAT = 11, 23, 37, 53
 # ---------------------------------------------------------------------- hashing / encoding
 def hash_ids(x: np.ndarray, buckets: int, salt: int) -> np.ndarray:
     """SplitMix64 of the id (plus a salt) modulo ``buckets``: stable across runs and machines."""
-    z = np.asarray(x).astype(np.int64).view(np.uint64) + np.uint64((salt * 0x9E3779B97F4A7C15) % (1 << 64))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(buckets)).astype(np.int64)
+    return hash_bucket(x, buckets, salt)
 
 
 def _as_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, columns: tuple[str, ...]) -> pa.Table:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from schemas.feedback import FEEDBACK_FLAGS, RANK_TASKS
+
 EMB = pa.list_(pa.float32())
 
 
@@ -52,8 +54,7 @@ def C(name: str, t: pa.DataType, nullable: bool = False, doc: str = "") -> Colum
 
 
 _TS = pa.timestamp("us", tz="UTC")
-_FEEDBACK_FLAGS = ("is_click", "is_like", "is_comment", "is_follow", "is_share", "is_profile_enter", "is_long_view")
-RANK_TASKS = ("like", "comment", "follow", "share", "profile_enter", "long_view")
+_FEEDBACK_FLAGS = FEEDBACK_FLAGS
 
 _SPECS: list[TableSpec] = [
     # ------------------------------------------------------------------ inputs

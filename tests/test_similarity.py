@@ -137,8 +137,10 @@ def test_stage_on_hand_made_world(spark, tmp_path):
     lake, _ = make_world(tmp_path / "w", days=3, n_users=40, items_per_day=12)
     day = START + dt.timedelta(days=1)  # day 2 exists in the lake and must not leak in
     ctx = _ctx(lake, day, spark)
-    with pytest.raises(Exception, match="user_embeddings.*needed by stage similarity"):
-        sjob.run(ctx)  # the two_tower stage has not run: clear error
+    from dualrec.stages.base import run_stage
+
+    with pytest.raises(Exception, match="user_embeddings.*run stage 'two_tower'"):
+        run_stage("similarity", sjob.run, ctx)  # the two_tower stage has not run: clear error
     assert not lake.has_partition("item_similar", day)
     tjob.run(ctx)
     out = sjob.run(ctx)

@@ -49,6 +49,16 @@ def register(name: str, target: str) -> None:
     REGISTRY[name] = target
 
 
+def registered_names() -> list[str]:
+    """Names of every registered channel, sorted, without importing any channel module.
+
+    :mod:`dualrec.config` validates ``retrieval.channels`` and ``retrieval.k`` against this at
+    load time, so this package's ``__init__`` and this module must stay free of imports of
+    channel modules and of :mod:`dualrec.config`.
+    """
+    return sorted(REGISTRY)
+
+
 def get_channel(name: str) -> Channel:
     """Instantiate a registered channel by name."""
     try:

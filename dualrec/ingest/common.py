@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from dualrec.hashing import hash64
 from dualrec.lake import Lake
 from schemas.tables import INPUT_TABLES, arrow_schema
 from schemas.validate import BadInputError, validate_arrow
@@ -99,13 +100,8 @@ def to_int(series: pd.Series, path: Path, column: str, default: int | None = Non
 
 # --------------------------------------------------------------------------- hashing
 def mix64(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """SplitMix64 finaliser: a stable, platform-independent hash of int64 values."""
-    z = np.asarray(x).astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z
+    """SplitMix64 of int64 values with a seed (:mod:`dualrec.hashing`)."""
+    return hash64(x, seed, offset=0x632BE59BD9B4E019)
 
 
 def unit_fraction(x: np.ndarray, seed: int = 0) -> np.ndarray:

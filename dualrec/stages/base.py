@@ -40,6 +40,12 @@ class StageContext:
     _spark: Any = None
     stats: dict[str, Any] = field(default_factory=dict)
     validated: set = field(default_factory=set)  # (table, day) input partitions already checked
+    progress: Any = None  # a dualrec.progress.Progress while run by run_day; None under spark-submit
+
+    def step(self, name: str, j: int, n: int) -> None:
+        """Report progress of a stage's inner loop (dispatch batch j of n)."""
+        if self.progress is not None:
+            self.progress.step(name, j, n)
 
     @property
     def spark(self):
@@ -107,8 +113,10 @@ def run_stage(name: str, fn: Callable[[StageContext], dict] | None, ctx: StageCo
     t0 = time.time()
     log.info("stage %s for %s: start", name, ctx.day)
     try:
-        checks = check_stage_inputs(ctx.lake, name, ctx.day, ctx.validated, ctx.cfg)
-        ctx.stats.setdefault("inputs", {})[name] = checks.as_dict() if checks else {}
+        checks = None
+        if name in STAGES:  # library jobs outside a day (e.g. boost) check their own inputs
+            checks = check_stage_inputs(ctx.lake, name, ctx.day, ctx.validated, ctx.cfg)
+            ctx.stats.setdefault("inputs", {})[name] = checks.as_dict() if checks else {}
         result = fn(ctx) or {}
         if checks is not None:
             result["inputs"] = checks.as_dict()

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FEEDBACK_TYPES: tuple[str, ...] = ("click", "like", "comment", "follow", "share", "profile_enter", "long_view")
-VISIBLE_TYPES: tuple[str, ...] = ("like", "comment", "follow", "share", "profile_enter")
+from schemas.feedback import FEEDBACK_TYPES, VISIBLE_FEEDBACKS as VISIBLE_TYPES  # noqa: F401 - re-exported
 
 # Per-type logit parameters: intercept, affinity slope, creator-quality slope, user-bias scale,
 # enthusiast boost, slope on log(duration / 20 s). Intercepts are tuned so that the organic

@@ -161,10 +161,10 @@ def _stage(argv, capsys) -> tuple[int, str]:
     [
         (None, None, "config file not found"),
         ("cfg.ini", "[dispatch]\nQ=5\n", "config file must be .yaml, .yml, .toml or .json"),
-        ("cfg.yaml", "dispatch:\n  Qq: 5\n", "unknown key(s) in config.dispatch: Qq"),
-        ("cfg.yaml", "dispatch:\n  Q: five\n", "config.dispatch.Q must be int"),
+        ("cfg.yaml", "dispatch:\n  Qq: 5\n", "dispatch.Qq: unknown key"),
+        ("cfg.yaml", "dispatch:\n  Q: five\n", "dispatch.Q must be int, got str 'five'"),
         ("cfg.json", "[1, 2]", "must hold a mapping at top level"),
-        ("cfg.toml", "[dispatch]\nL = 0\n", "L, Q and batches_per_day must be >= 1"),
+        ("cfg.toml", "[dispatch]\nL = 0\n", "dispatch.L: Input should be greater than or equal to 1 (got 0)"),
     ],
 )
 def test_bad_config_file_exits_2(tmp_path, capsys, filename, content, message):
