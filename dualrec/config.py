@@ -15,6 +15,7 @@ the key path and the bad value.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import tomllib
@@ -381,6 +382,42 @@ class MetricsConfig(_Section):
     calibration_bins: int = Field(10, ge=1)
 
 
+REFERENTIAL_CHECKS: tuple[str, ...] = ("interactions_items", "interactions_users", "visits_users", "interaction_after_upload")
+SANITY_GATES: tuple[str, ...] = ("available_users", "candidates", "matches")
+RefCheck = Literal[REFERENTIAL_CHECKS]  # type: ignore[valid-type]
+Gate = Literal[SANITY_GATES]  # type: ignore[valid-type]
+
+
+class ValidationConfig(_Section):
+    """What a stage accepts from upstream (docs/reliability.md lists every check)."""
+
+    allow_missing: list[Annotated[str, Field(pattern=r"^[a-z_]+:[0-9]{4}-[0-9]{2}-[0-9]{2}$")]] = Field(
+        default_factory=list,
+        description="partitions accepted as absent inside a read window, as 'table:YYYY-MM-DD' "
+        "(recorded in the stage's stats and _validation/_stages; never silent)",
+    )
+    referential: dict[RefCheck, Literal["error", "drop_and_report"]] = Field(
+        default_factory=lambda: {c: "error" for c in REFERENTIAL_CHECKS},
+        description="per referential check: error (stop the stage) or drop_and_report (leave the rows out, count them)",
+    )
+    expect_empty: list[Gate] = Field(
+        default_factory=list, description="sanity gates a day may fail without failing the run"
+    )
+    cache: bool = Field(True, description="reuse a partition's validation while its listing (names, sizes, mtimes) is unchanged")
+
+    @field_validator("referential", mode="before")
+    @classmethod
+    def _referential_over_defaults(cls, v: Any) -> Any:
+        return {**{c: "error" for c in REFERENTIAL_CHECKS}, **v} if isinstance(v, dict) else v
+
+    @field_validator("allow_missing")
+    @classmethod
+    def _real_dates(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            dt.date.fromisoformat(entry.split(":", 1)[1])
+        return v
+
+
 class DualRecConfig(_Section):
     """The single configuration object of the pipeline."""
 
@@ -393,6 +430,7 @@ class DualRecConfig(_Section):
     rank: RankConfig = Field(default_factory=RankConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     # ------------------------------------------------------------------ loading
     @classmethod

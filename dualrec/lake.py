@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import posixpath
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in _anti_join
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -35,6 +37,19 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 LAKE_META = "_lake.json"
+VALIDATION = "_validation"  # per-partition validation results: <table>/dt=D/check.json (+ dropped.parquet)
+DROPPED_FILE = "dropped.parquet"
+
+
+def is_data_file(name: str) -> bool:
+    """Hadoop/Spark's rule for the files of a directory it reads as data.
+
+    Spark's file index skips names starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``
+    checksums) and in-flight ``._COPYING_`` files, and reads every other file whatever its
+    suffix (a Hive-style ``000001_0`` included). The validator uses the same rule, and
+    :meth:`Lake.read_df` hands Spark exactly this list, so both read the same files.
+    """
+    return not (name.startswith("_") or name.startswith(".") or name.endswith("._COPYING_"))
 
 
 class LakeError(RuntimeError):
@@ -134,8 +149,13 @@ class Lake:
         for info in self._fs.get_file_info(sel):
             name = info.base_name
             if info.type == pafs.FileType.Directory and name.startswith("dt="):
+                try:
+                    day = dt.date.fromisoformat(name[3:])
+                except ValueError:
+                    log.warning("ignoring %s/%s: not a dt=YYYY-MM-DD partition", rel_dir, name)
+                    continue
                 if self.is_complete(posixpath.join(rel_dir, name)):
-                    out.append(parse_date(name[3:]))
+                    out.append(day)
         return sorted(out)
 
     # ------------------------------------------------------------------ publish
@@ -209,8 +229,17 @@ class Lake:
         files = self._data_files(rel)
         if not files:
             return arrow_schema(table).empty_table() if columns is None else arrow_schema(table).empty_table().select(columns)
-        parts = [pq.read_table(f, filesystem=self._fs, columns=columns) for f in files]
-        return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        dropped = self.dropped_keys(table, day)
+        want = columns
+        if dropped is not None and columns is not None:
+            want = list(dict.fromkeys([*columns, *dropped.column_names]))
+        parts = [pq.read_table(f, filesystem=self._fs, columns=want) for f in files]
+        out = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        if dropped is not None:
+            out = _anti_join(out, dropped)
+            if columns is not None:
+                out = out.select(columns)
+        return out
 
     def read_tables(self, table: str, days: Iterable[dt.date], columns: list[str] | None = None) -> pa.Table:
         """Several partitions with a ``dt`` column, for days that exist."""
@@ -227,12 +256,72 @@ class Lake:
         return pa.concat_tables(parts)
 
     def _data_files(self, rel: str) -> list[str]:
-        sel = pafs.FileSelector(self.fs_path(rel), recursive=False)
+        """Every data file of a partition directory (filesystem paths), by Spark's rule (:func:`is_data_file`)."""
+        sel = pafs.FileSelector(self.fs_path(rel), recursive=False, allow_not_found=True)
         return sorted(
-            i.path
-            for i in self._fs.get_file_info(sel)
-            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+            i.path for i in self._fs.get_file_info(sel) if i.type == pafs.FileType.File and is_data_file(i.base_name)
         )
+
+    def data_files(self, table: str, day: dt.date | str) -> list[str]:
+        return self._data_files(self.partition_rel(table, day))
+
+    # ------------------------------------------------------------------ validation state
+    def fingerprint(self, table: str, day: dt.date | str) -> str:
+        """Content version of a partition: hash of its listing (names, sizes, mtimes).
+
+        Any redelivery, appended file or touched file changes it, so a cached validation
+        result is reused only for exactly the bytes that were checked.
+        """
+        sel = pafs.FileSelector(self.fs_path(self.partition_rel(table, day)), recursive=True, allow_not_found=True)
+        h = hashlib.sha1()
+        for i in sorted(self._fs.get_file_info(sel), key=lambda x: x.path):
+            h.update(f"{i.path.rsplit('/', 1)[-1]}|{i.type}|{i.size}|{i.mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    @staticmethod
+    def validation_rel(table: str, day: dt.date | str) -> str:
+        return f"{VALIDATION}/{table}/dt={parse_date(day).isoformat()}"
+
+    def read_check(self, table: str, day: dt.date | str, name: str = "check") -> dict[str, Any] | None:
+        """A stored validation record (None when absent or unreadable: it is then recomputed)."""
+        rel = f"{self.validation_rel(table, day)}/{name}.json"
+        try:
+            return json.loads(self.read_text(rel)) if self.exists(rel) else None
+        except (OSError, ValueError):
+            return None
+
+    def write_check(self, table: str, day: dt.date | str, record: dict[str, Any], name: str = "check") -> None:
+        rel = self.validation_rel(table, day)
+        self._fs.create_dir(self.fs_path(rel), recursive=True)
+        tmp = f"{rel}/.{name}.{uuid.uuid4().hex}.json"
+        self.write_text(tmp, json.dumps(record, sort_keys=True, default=str))
+        self._fs.move(self.fs_path(tmp), self.fs_path(f"{rel}/{name}.json"))
+
+    def write_dropped(self, table: str, day: dt.date | str, keys: pa.Table | None) -> None:
+        """Record (or clear, with None) the key rows a ``drop_and_report`` check removed from a partition.
+
+        Readers (:meth:`read_table`, :meth:`read_df`) leave these rows out while the
+        partition's fingerprint is the one the drop was computed for.
+        """
+        rel = f"{self.validation_rel(table, day)}/{DROPPED_FILE}"
+        if keys is None or keys.num_rows == 0:
+            if self.exists(rel):
+                self._fs.delete_file(self.fs_path(rel))
+            return
+        self._fs.create_dir(self.fs_path(self.validation_rel(table, day)), recursive=True)
+        keys = keys.replace_schema_metadata({"fingerprint": self.fingerprint(table, day)})
+        with self._fs.open_output_stream(self.fs_path(rel)) as f:
+            pq.write_table(keys, f)
+
+    def dropped_keys(self, table: str, day: dt.date | str) -> pa.Table | None:
+        rel = f"{self.validation_rel(table, day)}/{DROPPED_FILE}"
+        if not self.exists(rel):
+            return None
+        t = pq.read_table(self.fs_path(rel), filesystem=self._fs)
+        meta = t.schema.metadata or {}
+        if meta.get(b"fingerprint", b"").decode() != self.fingerprint(table, day):
+            return None  # the partition was redelivered since: the drop list is stale
+        return t.replace_schema_metadata(None)
 
     # ------------------------------------------------------------------ spark I/O
     def read_df(self, spark, table: str, days: Iterable[dt.date | str], with_dt: bool = True, required: bool = False):
@@ -251,13 +340,29 @@ class Lake:
         if not present:
             df = spark.createDataFrame([], schema)
             return df.withColumn("dt", F.lit(None).cast("date")) if with_dt else df
-        paths = [self.uri(self.partition_rel(table, d)) for d in present]
+        # Spark reads exactly the files the validator checked (same listing rule), never its own listing
+        paths = [self._file_uri(f) for d in present for f in self.data_files(table, d)]
+        if not paths:
+            df = spark.createDataFrame([], schema)
+            return df.withColumn("dt", F.lit(None).cast("date")) if with_dt else df
         df = (
             spark.read.schema(spark_schema(table, with_dt=True))
             .option("basePath", self.uri(table))
             .parquet(*paths)
         )
+        drops = [(d, k) for d in present if (k := self.dropped_keys(table, d)) is not None]
+        if drops:
+            keys = pa.concat_tables(
+                [k.append_column("dt", pa.array([d] * k.num_rows, pa.date32())) for d, k in drops],
+                promote_options="permissive",
+            )
+            df = df.join(spark.createDataFrame(keys.to_pandas()), [*keys.column_names], "left_anti")
         return df if with_dt else df.drop("dt")
+
+    def _file_uri(self, fs_path: str) -> str:
+        """Spark URI of a file listed through :attr:`fs` (a path under the lake root)."""
+        rel = posixpath.relpath(fs_path, self._base)
+        return self.uri(rel)
 
     def write_df(self, df, table: str, day: dt.date | str, validate: bool = True, coalesce: int | None = 1) -> None:
         """Write one partition from Spark, conformed to the contract, atomically.
@@ -292,6 +397,15 @@ class Lake:
         d = parse_date(day)
         days = [m for m in self.model_days(name) if (m <= d if inclusive else m < d)]
         return days[-1] if days else None
+
+
+def _anti_join(data: pa.Table, keys: pa.Table) -> pa.Table:
+    """Rows of ``data`` whose key (the columns of ``keys``) is not in ``keys``, order kept."""
+    cols = keys.column_names
+    idx = data.append_column("__row", pa.array(range(data.num_rows), pa.int64()))
+    j = idx.select([*cols, "__row"]).join(keys, cols, join_type="left anti")
+    rows = pa.compute.sort_indices(j.column("__row"))
+    return data.take(pa.compute.take(j.column("__row"), rows))
 
 
 def conform_arrow(table: str, data: pa.Table) -> pa.Table:

@@ -18,13 +18,15 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from dualrec.config import DualRecConfig
 from dualrec.lake import Lake, LakeError, date_range, parse_date
 from dualrec.registry import STAGES, stage_inputs, table_producer
 from dualrec.progress import Progress, as_progress
-from dualrec.stages.base import StageContext, check_stage_inputs, run_stage, stage_fn
+from dualrec.stages.base import StageContext, StageError, check_stage_inputs, run_stage, stage_fn
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ class RunLockedError(RuntimeError):
     """Another run of the same day holds the lock (an expected condition: exit 1, no traceback)."""
 
     expected = True
+
+
+class SanityError(StageError):
+    """The stages of a day ran but their outputs say the day is broken (e.g. nobody available)."""
 
 
 def run_rel(day: dt.date) -> str:
@@ -158,8 +164,57 @@ def run_day(
         finally:
             prog.close()
         if all(s in timings for s in STAGES):
+            sanity_gates(lake, day, cfg)  # a broken day is left incomplete, so a backfill reruns it
             _write_timings(lake, day, timings, complete=True)
     return timings
+
+
+def sanity_gates(lake: Lake, day: dt.date, cfg: DualRecConfig) -> dict[str, int]:
+    """Refuse to mark a day complete when its outputs are empty although it had uploads.
+
+    On a day with uploads (items dt=D non-empty), zero available users, zero candidates or
+    zero matches means something upstream went wrong (a config that makes nobody
+    available, a broken channel ...): the day fails with a message naming the gate and stays
+    incomplete. A gate listed in ``validation.expect_empty`` is accepted (logged).
+    """
+    counts = {
+        "items": _rows(lake, "items", day),
+        "available_users": _available(lake, day),
+        "candidates": _rows(lake, "candidates", day),
+        "matches": _rows(lake, "match_sets", day),
+    }
+    if not counts["items"]:
+        return counts
+    expected = set(cfg.validation.expect_empty)
+    what = {
+        "available_users": "no user is available in activity_scores (check activity.slack / policy / min_available)",
+        "candidates": "no channel retrieved any candidate",
+        "matches": "dispatch matched no (item, user) pair",
+    }
+    failed = [g for g in ("available_users", "candidates", "matches") if counts[g] == 0 and g not in expected]
+    for g in ("available_users", "candidates", "matches"):
+        if counts[g] == 0 and g in expected:
+            log.warning("day %s: %s (accepted: validation.expect_empty lists %r)", day, what[g], g)
+    if failed:
+        raise SanityError(
+            f"day {day} is not marked complete: it has {counts['items']} upload(s) but "
+            + "; ".join(f"{what[g]} [gate {g!r}]" for g in failed)
+            + ". Fix the cause and rerun the day, or list the gate in validation.expect_empty if this is expected."
+        )
+    return counts
+
+
+def _rows(lake: Lake, table: str, day: dt.date) -> int:
+    if not lake.has_partition(table, day):
+        return 0
+    return sum(pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows for f in lake.data_files(table, day))
+
+
+def _available(lake: Lake, day: dt.date) -> int:
+    if not lake.has_partition("activity_scores", day):
+        return 0
+    col = lake.read_table("activity_scores", day, columns=["available"]).column("available")
+    return int(pc.sum(col).as_py() or 0)
 
 
 def _brief(result: dict) -> str:
@@ -228,5 +283,5 @@ def require_inputs(lake: Lake, day: dt.date) -> None:
             raise LakeError(f"table {table!r}: partition dt={day} is missing; cannot run day {day}")
 
 
-__all__ = ["STAGES", "RunLockedError", "backfill", "check_stage_inputs", "day_lock", "is_day_done", "run_day",
+__all__ = ["STAGES", "RunLockedError", "SanityError", "backfill", "check_stage_inputs", "day_lock", "is_day_done", "run_day", "sanity_gates",
            "stage_fn", "stage_inputs", "stage_timings", "table_producer"]

@@ -54,9 +54,11 @@ def liked_summary(pairs, items, content_dim: int):
     from pyspark.sql import functions as F
 
     joined = pairs.select("user_id", "item_id").join(items.select("item_id", "content_emb"), "item_id")
+    # summed in item_id order: collect_list order follows the shuffle, and float sums depend on order
     total = F.expr(
-        f"aggregate(collect_list(content_emb), array_repeat(cast(0.0 as double), {int(content_dim)}),"
-        " (acc, x) -> zip_with(acc, x, (a, b) -> a + cast(b as double)))"
+        "aggregate(array_sort(collect_list(struct(item_id, content_emb))),"
+        f" array_repeat(cast(0.0 as double), {int(content_dim)}),"
+        " (acc, x) -> zip_with(acc, x.content_emb, (a, b) -> a + cast(b as double)))"
     )
     agg = joined.groupBy("user_id").agg(F.count(F.lit(1)).alias("liked_n"), total.alias("_sum"))
     return agg.select(

@@ -248,6 +248,13 @@ class TwoTowerModel(nn.Module):
         return self.item_mlp(x)
 
 
+def new_two_tower(spec: ModelSpec | dict[str, Any], seed: int) -> TwoTowerModel:
+    """A freshly initialised model whose weights depend only on ``seed`` (the global torch RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TwoTowerModel.from_spec(spec)
+
+
 # ---------------------------------------------------------------------- inference
 @torch.no_grad()
 def user_embeddings(model: TwoTowerModel, users: pd.DataFrame | pa.Table | pa.RecordBatch, batch_rows: int = 8192) -> np.ndarray:
@@ -360,7 +367,20 @@ def _leave_one_out(users: dict[str, torch.Tensor], content: torch.Tensor, liked_
 
 
 def train_two_tower(model: TwoTowerModel, data: TrainData, cfg, seed: int, fit_normalizers: bool = True) -> dict[str, Any]:
-    """Train in place; returns per-epoch mean losses. Deterministic on CPU given ``seed``."""
+    """Train in place; returns per-epoch mean losses.
+
+    Bitwise deterministic on CPU given ``seed``, the data (in its order) and ``torch_threads``:
+    deterministic kernels are enforced for the duration of training.
+    """
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train_two_tower(model, data, cfg, seed, fit_normalizers)
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def _train_two_tower(model: TwoTowerModel, data: TrainData, cfg, seed: int, fit_normalizers: bool) -> dict[str, Any]:
     torch.manual_seed(seed)
     torch.set_num_threads(torch_threads(getattr(cfg, "torch_threads", 2)))
     rng = np.random.default_rng(seed)

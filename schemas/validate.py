@@ -33,12 +33,17 @@ class Problem:
     column: str | None
     message: str
     sample: list[dict] = field(default_factory=list)
+    file: str | None = None
 
     def __str__(self) -> str:
         where = f"table {self.table!r}, partition {self.partition}"
+        if self.file and not self.column:
+            where += f", file {self.file!r}"
         if self.column:
             where += f", column {self.column!r}"
         text = f"{where}: {self.message}"
+        if self.file and self.column:
+            text += f" in file {self.file!r}"
         if self.sample:
             text += "\n    sample rows: " + "; ".join(json.dumps(r, default=str) for r in self.sample)
         return text
@@ -83,6 +88,7 @@ class _Source:
 
     @classmethod
     def from_files(cls, fs, paths: list[str]) -> "_Source":
+        """Columns of already-checked files (see :func:`_check_files`): same schema per file."""
         import pyarrow.parquet as pq
 
         if not paths:
@@ -97,6 +103,56 @@ class _Source:
         return cls(schema, rows, load)
 
 
+def _check_files(spec: TableSpec, part: str, fs, paths: list[str]) -> Report:
+    """Every data file on its own: readable Parquet footer, and its schema typed as the contract.
+
+    Each file is checked against the contract (not against the first file), so a second
+    file with ``is_like`` as int32 is an error instead of being narrowed to int8 by the
+    reader (300 would come back as 44). A zero-byte, truncated or non-Parquet file is named.
+    """
+    import pyarrow.parquet as pq
+
+    rep = Report()
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        try:
+            schema = pq.read_schema(path, filesystem=fs)
+            pq.ParquetFile(path, filesystem=fs).metadata  # noqa: B018 - the footer must parse
+        except Exception as e:  # noqa: BLE001 - any failure to parse the file is bad input, named
+            size = _size(fs, path)
+            why = "zero-byte file" if size == 0 else f"not a readable Parquet file ({type(e).__name__}: {_first_line(e)})"
+            rep.problems.append(Problem(spec.name, part, None, f"{why}; size {size} bytes", file=name))
+            continue
+        present = {f.name: f.type for f in schema}
+        for col in spec.columns:
+            if col.name not in present:
+                rep.problems.append(Problem(spec.name, part, col.name, f"missing column (expected {col.type})", file=name))
+            elif not _type_ok(col.type, present[col.name]):
+                rep.problems.append(Problem(
+                    spec.name, part, col.name, f"wrong type: expected {col.type}, found {present[col.name]}"
+                    + (" (no narrowing cast is applied)" if _is_narrowing(col.type, present[col.name]) else ""),
+                    file=name,
+                ))
+    return rep
+
+
+def _size(fs, path: str) -> int | None:
+    try:
+        return fs.get_file_info(path).size
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _is_narrowing(expected: pa.DataType, got: pa.DataType) -> bool:
+    return (pa.types.is_integer(expected) and pa.types.is_integer(got) and got.bit_width > expected.bit_width) or (
+        pa.types.is_floating(expected) and pa.types.is_floating(got) and got.bit_width > expected.bit_width
+    )
+
+
 def validate_arrow(
     table: str, day: dt.date | None, data: pa.Table, emb_dim: int | None = None, allow_empty: bool = False
 ) -> Report:
@@ -107,8 +163,20 @@ def validate_arrow(
 def validate_files(
     table: str, day: dt.date | None, fs, paths: list[str], emb_dim: int | None = None, allow_empty: bool = False
 ) -> Report:
-    """Check a partition's Parquet files (e.g. a Spark-written staging directory)."""
-    return _validate(table_spec(table), day, _Source.from_files(fs, paths), emb_dim, allow_empty)
+    """Check a partition's data files (every file Spark reads, whatever its name).
+
+    Never raises on bad data: unreadable files, per-file schema mismatches and failures while
+    reading come back as problems naming the table, partition and file.
+    """
+    spec = table_spec(table)
+    part = f"dt={day.isoformat()}" if day else "(unpartitioned)"
+    files = _check_files(spec, part, fs, paths)
+    if not files.ok:
+        return files  # the data of a broken or mistyped file is not read (it could not be merged)
+    try:
+        return _validate(spec, day, _Source.from_files(fs, paths), emb_dim, allow_empty)
+    except Exception as e:  # noqa: BLE001 - a validator must report, not crash
+        return Report([Problem(spec.name, part, None, f"cannot be read: {type(e).__name__}: {_first_line(e)}")])
 
 
 def _validate(spec: TableSpec, day: dt.date | None, src: _Source, emb_dim: int | None, allow_empty: bool = False) -> Report:

@@ -18,6 +18,24 @@ from models import activity as M
 log = logging.getLogger(__name__)
 
 
+def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
+    """Every upstream partition this stage may read for ``day`` (checked by the runner before ``run``).
+
+    Training targets are the ``train_target_days`` latest labelled days t <= D; each reads
+    visits/interactions [t - lookback, t - 1] and the users snapshot t - 1, and serving reads
+    [D + 1 - lookback, D] and users D (the span ``load_daily`` covers), items D for the demand.
+    """
+    a = cfg.activity
+    first_target = day - dt.timedelta(days=a.train_target_days - 1)
+    history = date_range(first_target - dt.timedelta(days=a.lookback_days), day)
+    return {
+        "visits": history,
+        "interactions": history,
+        "users": date_range(first_target - dt.timedelta(days=1), day),
+        "items": [day],
+    }
+
+
 def run(ctx: StageContext) -> dict:
     """Train the activity model for day D and score every user of users dt=D for D + 1."""
     lake, day, acfg = ctx.lake, ctx.day, ctx.cfg.activity

@@ -19,6 +19,7 @@ from dualrec.config import DualRecConfig, step_seed
 from dualrec.lake import Lake, LakeError
 from dualrec.registry import STAGES, stage_spec, table_producer
 from dualrec.spark import get_spark
+from dualrec.validation import InputChecks, check_reads, record_stage_inputs
 from schemas.tables import TABLES
 from schemas.validate import BadInputError
 
@@ -57,24 +58,47 @@ class StageContext:
         return step_seed(self.cfg.seed, self.day, step)
 
 
-def check_stage_inputs(lake: Lake, stage: str, day: dt.date, validated: set | None = None) -> None:
-    """Fail fast, before any work, when a stage's day-D inputs are missing or violate their contract.
+def check_stage_inputs(
+    lake: Lake, stage: str, day: dt.date, validated: set | None = None, cfg: DualRecConfig | None = None
+) -> InputChecks | None:
+    """Fail fast, before any work, when anything a stage reads is missing or violates its contract.
 
-    Upstream (input) tables are validated here once per day (``validated`` caches across
-    stages); derived tables were validated when their producer published them. Stages do not
-    re-check what is declared in :mod:`dualrec.registry`.
+    1. The day-D partitions declared in :mod:`dualrec.registry` must exist (a missing derived
+       one names the stage that produces it).
+    2. With ``cfg``, every partition of every window the stage declares in its module's
+       ``reads(cfg, day)`` is checked by :func:`dualrec.validation.check_reads`: gaps inside a
+       window, the contract of every file, references between tables (cached per partition
+       content version, so later stages and reruns skip unchanged partitions).
+    Without ``cfg`` (or a ``reads``), upstream day-D inputs are validated as before.
     """
-    for table in stage_spec(stage).inputs:
+    spec = stage_spec(stage)
+    for table in spec.inputs:
         if not lake.has_partition(table, day):
             producer = table_producer(table)
             hint = f"; run stage {producer!r} for {day} first" if producer else " (an upstream delivery)"
             raise LakeError(
                 f"table {table!r}: partition dt={day} is missing at {lake.uri(lake.partition_rel(table, day))}{hint}"
             )
-        if TABLES[table].kind == "input" and (validated is None or (table, day) not in validated):
-            lake.validate_dir(table, day).raise_if_failed()
-            if validated is not None:
-                validated.add((table, day))
+    memo = validated if validated is not None else set()
+    windows = stage_reads(stage, cfg, day) if cfg is not None else None
+    if windows is None:
+        windows = {}
+    for table in spec.inputs:  # day D of every declared input is always part of what is read
+        if TABLES[table].kind == "input":
+            windows.setdefault(table, [])
+            if day not in windows[table]:
+                windows[table] = [*windows[table], day]
+    vcfg = cfg.validation if cfg is not None else None
+    checks = check_reads(lake, stage, day, windows, vcfg, memo)
+    if cfg is not None:
+        record_stage_inputs(lake, stage, day, checks, windows)
+    return checks
+
+
+def stage_reads(name: str, cfg: DualRecConfig, day: dt.date) -> dict[str, list[dt.date]] | None:
+    """The read windows a stage declares (``reads(cfg, day)`` in its module), or None."""
+    fn = getattr(importlib.import_module(stage_spec(name).module_path), "reads", None)
+    return {t: list(ds) for t, ds in fn(cfg, day).items()} if fn is not None else None
 
 
 def stage_fn(name: str) -> Callable[[StageContext], dict]:
@@ -89,9 +113,13 @@ def run_stage(name: str, fn: Callable[[StageContext], dict] | None, ctx: StageCo
     t0 = time.time()
     log.info("stage %s for %s: start", name, ctx.day)
     try:
+        checks = None
         if name in STAGES:  # library jobs outside a day (e.g. boost) check their own inputs
-            check_stage_inputs(ctx.lake, name, ctx.day, ctx.validated)
+            checks = check_stage_inputs(ctx.lake, name, ctx.day, ctx.validated, ctx.cfg)
+            ctx.stats.setdefault("inputs", {})[name] = checks.as_dict() if checks else {}
         result = fn(ctx) or {}
+        if checks is not None:
+            result["inputs"] = checks.as_dict()
     except (BadInputError, LakeError) as e:
         raise type(e)(f"stage {name} ({ctx.day}): {e}") from e
     except Exception as e:  # noqa: BLE001 - re-raised with the stage named
@@ -101,4 +129,4 @@ def run_stage(name: str, fn: Callable[[StageContext], dict] | None, ctx: StageCo
     return result
 
 
-__all__ = ["STAGES", "StageContext", "StageError", "check_stage_inputs", "run_stage", "stage_fn"]
+__all__ = ["STAGES", "StageContext", "StageError", "check_stage_inputs", "run_stage", "stage_fn", "stage_reads"]

@@ -44,6 +44,15 @@ def prior_upload_batches(lake: Lake, day: dt.date, days: int, batches_per_day: i
     return out
 
 
+def reads(cfg, day):
+    """Upstream partitions read for ``day``: D's uploads, plus the earlier days whose upload
+    curves forecast the rest of the day when the policy is ``paced``."""
+    days = [day]
+    if cfg.dispatch.policy == "paced":
+        days = [day - dt.timedelta(days=k) for k in range(cfg.dispatch.forecast_days, 0, -1)] + days
+    return {"items": days}
+
+
 def run(ctx: StageContext) -> dict:
     """Dispatch day D's uploads to available users (store, assignment, match sets)."""
     cfg = ctx.cfg.dispatch

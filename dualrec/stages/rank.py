@@ -24,6 +24,27 @@ from dualrec.stages.base import StageContext
 log = logging.getLogger("dualrec.rank")
 
 
+def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
+    """Upstream partitions read for ``day`` (checked by the runner before ``run``).
+
+    The cold-start training window (the widest: a warm start or a reused model reads less)
+    [D - train_window_days, D - 1] with its feature history (item_history_days +
+    user_window_days before it) and item lookback, plus the scoring features of D.
+    """
+    rc = cfg.rank
+    start = day - dt.timedelta(days=rc.train_window_days)
+    first = start - dt.timedelta(days=rc.item_history_days + rc.user_window_days)
+    return {
+        "interactions": _span(first, day),
+        "items": _span(first - dt.timedelta(days=rc.item_lookback_days), day),
+        "users": _span(start - dt.timedelta(days=rc.item_history_days + 1), day),
+    }
+
+
+def _span(a: dt.date, b: dt.date) -> list[dt.date]:
+    return [a + dt.timedelta(days=i) for i in range((b - a).days + 1)]
+
+
 def train_window(lake, day: dt.date, cfg, prev_day: dt.date | None, prev_train_end: dt.date | None) -> tuple[dt.date, dt.date, bool]:
     """(start, end, warm) of the days the model for ``day`` trains on (end = day - 1)."""
     end = day - dt.timedelta(days=1)

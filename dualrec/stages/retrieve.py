@@ -8,11 +8,19 @@ with one row per (item, user), each channel's score and the list of channels tha
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from dualrec.stages.base import StageContext
 
 log = logging.getLogger("dualrec.retrieve")
+
+
+def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
+    """Upstream partitions read for ``day`` (checked by the runner before ``run``)."""
+    r = cfg.retrieval
+    items = [day - dt.timedelta(days=i) for i in range(r.creator_seed_days + 1)] if r.i2u2u_creator_seed else [day]
+    return {"items": sorted(items), "interactions": [day] if r.exclude_seen else []}
 
 
 def day_items(ctx: StageContext):

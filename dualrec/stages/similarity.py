@@ -27,6 +27,15 @@ NAME = "similarity"
 ITEM_INDEX = "item_index"
 
 
+def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
+    """Upstream partitions read for ``day`` (checked by the runner before ``run``)."""
+    s = cfg.similarity
+    return {
+        "items": date_range(day - dt.timedelta(days=s.item_window_days - 1), day),
+        "interactions": date_range(day - dt.timedelta(days=s.positives_window_days - 1), day),
+    }
+
+
 def build_item_index(ctx: StageContext):
     """Content index over the window's items; returns (index, upload_us, day_items arrow table)."""
     from dualrec.similarity import l2_normalize

@@ -31,6 +31,18 @@ NAME = "two_tower"
 INDEX_NAME = "user_index"
 
 
+def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
+    """Upstream partitions read for ``day`` (checked by the runner before ``run``): the windows of :func:`train_model`."""
+    c = cfg.two_tower
+    window = date_range(day - dt.timedelta(days=c.train_window_days - 1), day)
+    return {
+        "users": [day],
+        "interactions": window,
+        "visits": window,
+        "items": date_range(window[0] - dt.timedelta(days=c.item_lookback_days), day),
+    }
+
+
 def _content_dim(ctx: StageContext, items) -> int:
     d = ctx.lake.emb_dim()
     if d:
@@ -44,7 +56,7 @@ def _content_dim(ctx: StageContext, items) -> int:
 def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
     """Train (or warm-start and fine-tune) the model on the window; returns (model, user_feats_df, manifest)."""
     from dualrec import two_tower as T
-    from models.two_tower import TwoTowerModel, build_train_data, load_two_tower, model_spec, spec_matches, train_two_tower
+    from models.two_tower import build_train_data, load_two_tower, model_spec, new_two_tower, spec_matches, train_two_tower
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     spark = ctx.spark
@@ -60,11 +72,15 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
 
     feats = T.user_features(users, visits, inter, items, day, content_dim, exclude).cache()
     pairs = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi")
+    # every collected frame is put in a fixed order: Spark's row order varies run to run, and the
+    # subsample, the normalisers (float means) and the data order of training depend on it
     pair_pd = pairs.select("user_id", "item_id", "day").toPandas()
+    pair_pd = pair_pd.sort_values(["day", "user_id", "item_id"], kind="stable").reset_index(drop=True)
     if len(pair_pd) > cfg.max_train_pairs:
         pair_pd = pair_pd.sample(n=cfg.max_train_pairs, random_state=ctx.seed("two_tower.subsample")).sort_index()
     pair_pd = pair_pd.sort_values(["day", "user_id", "item_id"], kind="stable").reset_index(drop=True)
     pos_items = T.item_features(items.join(pairs.select("item_id").distinct(), "item_id", "left_semi")).toArrow()
+    pos_items = pos_items.sort_by("item_id")
 
     act_days = [d for d in window if lake.has_partition("activity_scores", d)]
     activity = lake.read_df(spark, "activity_scores", act_days) if act_days else None
@@ -74,7 +90,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
         pool_pd = pool_df.toPandas()
         for d, g in pool_pd.groupby("day"):
             pools[d] = np.sort(g["user_id"].to_numpy(np.int64))
-    feat_arrow = feats.toArrow()
+    feat_arrow = feats.toArrow().sort_by("user_id")
 
     spec = model_spec(cfg, content_dim)
     warm_from = lake.latest_model_before(NAME, day) if cfg.warm_start else None
@@ -87,7 +103,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
             log.info("two_tower: previous model dt=%s has another shape; cold start", warm_from)
             warm_from = None
     if model is None:
-        model = TwoTowerModel(spec)
+        model = new_two_tower(spec, ctx.seed("two_tower.init"))  # seeded: the initial weights were the global RNG's
     kept: dict[str, Any] = {}
     if len(pair_pd) == 0 and warm_from is not None:
         # a quiet window (no explicit feedback): keep the previous model rather than stop the day
