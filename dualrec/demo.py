@@ -12,7 +12,11 @@ import logging
 from collections.abc import Callable
 
 from dualrec.config import DualRecConfig
+from dualrec.evaluation import evaluate
+from dualrec.evaluation.report import write_report, write_trend
 from dualrec.lake import Lake, parse_date
+from dualrec.pipeline import backfill
+from dualrec.synth import generate
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,6 @@ def run_demo(
     cfg: DualRecConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    from dualrec.evaluation import evaluate
-    from dualrec.pipeline import backfill
-    from dualrec.evaluation.report import write_report, write_trend
-    from dualrec.synth import generate
 
     say = progress or (lambda m: log.info("%s", m))
     cfg = cfg or DualRecConfig(seed=seed)

@@ -31,7 +31,8 @@ import pyarrow.compute  # noqa: F401 - pa.compute in _anti_join
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.tables import arrow_schema
+from schemas.tables import arrow_schema, spark_schema
+from schemas.validate import validate_arrow, validate_files
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,6 @@ class Lake:
         """Write one partition from PyArrow, conformed to the table contract, atomically."""
         data = conform_arrow(table, data)
         if validate:
-            from schemas.validate import validate_arrow
 
             validate_arrow(
                 table, parse_date(day), data, emb_dim=self.emb_dim(), allow_empty=self.allows_empty(table)
@@ -328,7 +328,6 @@ class Lake:
         """A Spark DataFrame over the complete partitions among ``days`` (typed by the contract)."""
         from pyspark.sql import functions as F
 
-        from schemas.tables import spark_schema
 
         days = [parse_date(d) for d in days]
         present = [d for d in days if self.has_partition(table, d)]
@@ -380,7 +379,6 @@ class Lake:
 
     def validate_dir(self, table: str, day: dt.date | str | None, rel: str | None = None):
         """Validate the Parquet files of a partition (or of a staging directory)."""
-        from schemas.validate import validate_files
 
         day = parse_date(day) if day is not None else None
         rel = rel or self.partition_rel(table, day)
@@ -420,7 +418,6 @@ def conform_arrow(table: str, data: pa.Table) -> pa.Table:
 def conform_df(table: str, df):
     from pyspark.sql import functions as F
 
-    from schemas.tables import spark_schema
 
     schema = spark_schema(table)
     missing = [f.name for f in schema.fields if f.name not in df.columns]

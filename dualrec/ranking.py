@@ -22,9 +22,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dualrec.batches import batch_cutoff_col
+from dualrec.lake import parse_date
 from dualrec.stats import roc_auc
-
-from models.ranker import TASKS, input_columns
+from models.ranker import (
+    TASKS,
+    featurize,
+    input_columns,
+    labels_of,
+    load_ranker,
+    model_from_bytes,
+    model_to_bytes,
+    predict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +316,6 @@ def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None
     Also returns theta per row (column ``theta``). Returns (DataFrame, global rates)."""
     from pyspark.sql import functions as F
 
-    from dualrec.batches import batch_cutoff_col
 
     rc = cfg.rank
     p, U = rc.profile_dim, rc.user_window_days
@@ -455,7 +464,6 @@ def score_in_spark(rows, model, batch_rows: int = 8192):
 
     from pyspark.sql import types as T
 
-    from models.ranker import featurize, model_from_bytes, model_to_bytes, predict
 
     spark = rows.sparkSession
     rows = compact(rows)
@@ -502,7 +510,6 @@ def auc_per_task(labels: np.ndarray, scores: np.ndarray, mask: np.ndarray | None
 
 def model_for_day(lake, day: dt.date):
     """(model day, model) of the ranker used on ``day``: latest artefact <= day trained on days < day."""
-    from models.ranker import load_ranker
 
     for m in reversed([d for d in lake.model_days("ranker") if d <= day]):
         model = load_ranker(lake, m)
@@ -514,7 +521,6 @@ def model_for_day(lake, day: dt.date):
 def score_rows_local(model, pdf, train_end: dt.date) -> np.ndarray:
     """Score held-out feature rows on the driver; an item uploaded after the training window has
     an unknown ID, i.e. the masked bucket (the same rule scoring applies to new uploads)."""
-    from models.ranker import featurize, predict
 
     mask = (pdf["upload_day"].to_numpy() > np.datetime64(train_end)) if len(pdf) else np.zeros(0, bool)
     cat, dense = featurize(pdf, model.spec, mask_item_id=mask)
@@ -527,8 +533,6 @@ def ranking_auc(spark, lake, day, cfg, max_rows: int = 500_000) -> dict[str, flo
     The model used on D is trained on days strictly before D (jobs/rank.py), so D's exposures are
     held out. None per task when the model, the partition, or one of the classes is missing.
     """
-    from dualrec.lake import parse_date
-    from models.ranker import labels_of
 
     day = parse_date(day)
     none = {t: None for t in TASKS}

@@ -15,7 +15,13 @@ import numpy as np
 import pyarrow as pa
 
 from dualrec.config import EXPLICIT_FEEDBACKS
-from models.two_tower import ITEM_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
+from models.two_tower import (
+    ITEM_FEATURE_COLUMNS,
+    USER_FEATURE_COLUMNS,
+    model_from_bytes,
+    model_to_bytes,
+    user_embeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +154,6 @@ def embed_users(spark, user_feats, model, batch_rows: int = 8192):
     """
     from dataclasses import asdict
 
-    from models.two_tower import model_to_bytes
 
     token = uuid.uuid4().hex
     bc = spark.sparkContext.broadcast((token, asdict(model.spec), model_to_bytes(model)))
@@ -156,7 +161,6 @@ def embed_users(spark, user_feats, model, batch_rows: int = 8192):
     def _fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
-        from models.two_tower import model_from_bytes, user_embeddings
 
         tok, spec, blob = bc.value
         m = _WORKER_MODELS.get(tok)

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from dualrec.artifacts import artifact_file, corrupt_error, read_manifest
 from dualrec.config import ActivityConfig
+from dualrec.lake import parse_date
 from dualrec.stats import roc_auc
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,6 @@ def cached_booster(raw: bytes) -> xgb.Booster:
 # ---------------------------------------------------------------------- persistence
 def save(lake, day, model: ActivityModel, extra_manifest: dict[str, Any] | None = None) -> str:
     """Publish ``_models/activity/dt=D/{model.json,manifest.json}`` atomically; returns the relative path."""
-    from dualrec.lake import parse_date
 
     rel = lake.model_rel(MODEL_NAME, day)
     manifest = {
@@ -174,7 +175,6 @@ def load(lake, day) -> ActivityModel:
     naming the file and the producing stage, so the operator knows what to rerun. The booster
     is parsed from XGBoost JSON (no pickle).
     """
-    from dualrec.artifacts import artifact_file, corrupt_error, read_manifest
 
     manifest = read_manifest(lake, MODEL_NAME, day, version=MODEL_VERSION)
     artifact_file(lake, MODEL_NAME, day, MODEL_FILE)

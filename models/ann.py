@@ -33,6 +33,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dualrec import artifacts
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
@@ -196,7 +198,6 @@ def recall_vs_exact(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k
 
 def load_index(lake, name: str, day: dt.date | str) -> AnnIndex:
     """Load ``_models/<name>/dt=day`` (``user_index`` or ``item_index``)."""
-    from dualrec import artifacts
 
     manifest = artifacts.read_manifest(lake, name, day, version=VERSION)
     index_file = manifest.get("index_file", INDEX_FILE)

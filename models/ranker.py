@@ -30,12 +30,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from torch import nn
 
+from dualrec import artifacts
 from dualrec.hashing import hash_bucket as hash_ids
 from models import torch_threads
 from models.torch_io import load_state, save_model, state_to_bytes
 from schemas.feedback import RANK_TASKS
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,6 @@ def save_ranker(model: MultiTaskRanker, lake, rel: str, manifest: dict[str, Any]
 
 def load_ranker(lake, day) -> MultiTaskRanker:
     """The ranker artefact ``_models/ranker/dt=day`` (manifest attached as ``.manifest``)."""
-    from dualrec import artifacts
 
     manifest = artifacts.read_manifest(lake, MODEL_NAME, day, version=VERSION)
     weights = manifest.get("weights", WEIGHTS_FILE)

@@ -40,11 +40,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from torch import nn
 
+from dualrec import artifacts
 from dualrec.hashing import hash_bucket
 from models import torch_threads
 from models.torch_io import load_state, save_model, state_to_bytes
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -452,14 +453,12 @@ def save_two_tower(model: TwoTowerModel, lake, rel: str, manifest: dict[str, Any
 
 def read_manifest(lake, day: dt.date | str, name: str = MODEL_NAME) -> dict[str, Any]:
     """Checked manifest: a missing, corrupt or other-version artefact names its file and stage."""
-    from dualrec import artifacts
 
     return artifacts.read_manifest(lake, name, day, version=VERSION)
 
 
 def load_two_tower(lake, day: dt.date | str) -> TwoTowerModel:
     """Load the two-tower model published for ``day`` (``_models/two_tower/dt=day``)."""
-    from dualrec import artifacts
 
     manifest = read_manifest(lake, day)
     path = artifacts.artifact_file(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE))

@@ -15,11 +15,30 @@ theta_u and g_ui = sum_m beta_m s^m / theta_u (paper Eq. 10).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
 import logging
+from dataclasses import asdict
 
 from dualrec.artifacts import keep_previous
+from dualrec.lake import Lake, LakeError
+from dualrec.ranking import (
+    integrated_score,
+    model_for_day,
+    release,
+    score_in_spark,
+    scoring_rows,
+    training_frame,
+)
 from dualrec.stages.base import StageContext
+from models.ranker import (
+    TASKS,
+    RankerSpec,
+    featurize,
+    labels_of,
+    load_ranker,
+    new_model,
+    save_ranker,
+    train_ranker,
+)
 
 log = logging.getLogger("dualrec.rank")
 
@@ -59,9 +78,6 @@ def train_window(lake, day: dt.date, cfg, prev_day: dt.date | None, prev_train_e
 
 def train(ctx: StageContext) -> dict:
     """Train (or reuse) the ranker for D; returns the manifest-level report."""
-    from dualrec.lake import LakeError
-    from dualrec.ranking import training_frame
-    from models.ranker import RankerSpec, labels_of, featurize, load_ranker, new_model, save_ranker, train_ranker
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
     prev_day = lake.latest_model_before("ranker", day)
@@ -98,7 +114,6 @@ def train(ctx: StageContext) -> dict:
         "train_start": str(start), "train_end": str(end), "warm_start_from": str(prev_day) if warm else None,
         "global_rates": g, "report": report,
     }
-    from dualrec.lake import Lake
 
     with lake.publish_dir(Lake.model_rel("ranker", day)) as rel:
         save_ranker(model, lake, rel, manifest)
@@ -110,8 +125,6 @@ def score(ctx: StageContext, model) -> dict:
     """Score D's candidates and write ``ranked``."""
     from pyspark.sql import functions as F
 
-    from dualrec.ranking import integrated_score, release, score_in_spark, scoring_rows
-    from models.ranker import TASKS
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
     cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False)
@@ -136,14 +149,12 @@ def run(ctx: StageContext) -> dict:
     """Train the ranker on its cadence and score D's candidates."""
     import time
 
-    from dualrec.ranking import model_for_day
 
     t0 = time.time()
     stats = {"train": train(ctx)}
     stats["train_seconds"] = round(time.time() - t0, 3)
     m_day, model = model_for_day(ctx.lake, ctx.day)
     if model is None:
-        from dualrec.lake import LakeError
 
         raise LakeError(f"no ranker model usable on {ctx.day}")
     t1 = time.time()

@@ -17,9 +17,16 @@ import logging
 
 import numpy as np
 
-
 from dualrec.lake import Lake, date_range  # noqa: E402
+from dualrec.similarity import (
+    item_positive_users,
+    l2_normalize,
+    similar_items,
+    similar_users,
+)
 from dualrec.stages.base import StageContext  # noqa: E402
+from models.ann import build_index, load_index, tune_nprobe
+from models.two_tower import emb_matrix
 
 log = logging.getLogger("dualrec.similarity")
 
@@ -38,9 +45,6 @@ def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
 
 def build_item_index(ctx: StageContext):
     """Content index over the window's items; returns (index, upload_us, day_items arrow table)."""
-    from dualrec.similarity import l2_normalize
-    from models.ann import build_index, tune_nprobe
-    from models.two_tower import emb_matrix
 
     lake, day, scfg, tcfg = ctx.lake, ctx.day, ctx.cfg.similarity, ctx.cfg.two_tower
     window = date_range(day - dt.timedelta(days=scfg.item_window_days - 1), day)
@@ -76,9 +80,6 @@ def run(ctx: StageContext) -> dict:
     """Build the item content index and write item_similar, item_positive_users and user_similar for D."""
     from pyspark.sql import functions as F
 
-    from dualrec.similarity import item_positive_users, similar_items, similar_users
-    from models.ann import load_index
-    from models.two_tower import emb_matrix
 
     lake, day, scfg = ctx.lake, ctx.day, ctx.cfg.similarity
     spark = ctx.spark

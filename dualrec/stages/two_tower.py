@@ -19,11 +19,23 @@ from typing import Any
 
 import numpy as np
 
-
+from dualrec import two_tower as T
 from dualrec.artifacts import read_manifest  # noqa: E402
 from dualrec.config import EXPLICIT_FEEDBACKS  # noqa: E402
 from dualrec.lake import Lake, LakeError, date_range  # noqa: E402
 from dualrec.stages.base import StageContext  # noqa: E402
+from models.ann import build_index, tune_nprobe
+from models.two_tower import (
+    build_train_data,
+    emb_matrix,
+    item_embeddings,
+    load_two_tower,
+    model_spec,
+    new_two_tower,
+    save_two_tower,
+    spec_matches,
+    train_two_tower,
+)
 
 log = logging.getLogger("dualrec.two_tower")
 
@@ -55,8 +67,6 @@ def _content_dim(ctx: StageContext, items) -> int:
 
 def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
     """Train (or warm-start and fine-tune) the model on the window; returns (model, user_feats_df, manifest)."""
-    from dualrec import two_tower as T
-    from models.two_tower import build_train_data, load_two_tower, model_spec, new_two_tower, spec_matches, train_two_tower
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     spark = ctx.spark
@@ -140,8 +150,6 @@ def build_user_index(ctx: StageContext, model, emb_df) -> dict[str, Any]:
     """FAISS index over available users' embeddings, recall measured against exact search."""
     from pyspark.sql import functions as F
 
-    from models.ann import build_index, tune_nprobe
-    from models.two_tower import emb_matrix, item_embeddings
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     avail = lake.read_df(ctx.spark, "activity_scores", [day], with_dt=False).where(F.col("available")).select("user_id")
@@ -174,8 +182,6 @@ def build_user_index(ctx: StageContext, model, emb_df) -> dict[str, Any]:
 
 def run(ctx: StageContext) -> dict:
     """Train the two-tower model, write user_embeddings for every user and the user index of available users."""
-    from dualrec import two_tower as T
-    from models.two_tower import save_two_tower
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     t0 = time.perf_counter()
