@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,7 +184,8 @@ class DayDispatch:
 
 def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batches_per_day: int,
                  policy: str = "arrival", curve: np.ndarray | None = None,
-                 params: PolicyParams = PolicyParams()) -> DayDispatch:
+                 params: PolicyParams = PolicyParams(),
+                 on_batch: Callable[[int, int], None] | None = None) -> DayDispatch:
     """The day's dispatch: batches in upload order, store carried across batches, restarted each day.
 
     ``curve``: mean uploads per batch of earlier days (:func:`dualrec.dispatch.policies.upload_curve`),
@@ -243,6 +244,8 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
             store = update_store(store, sel, Q).localCheckpoint()
             log.info("dispatch batch %d: %d edges, %d assigned", b, per_batch[b], n_sel)
         snapshots.append(store.withColumn("batch", F.lit(b).cast("int")))
+        if on_batch is not None:
+            on_batch(b + 1, batches_per_day)  # progress display: batch j of n
     edges.unpersist()
     if selected:
         sel_all = functools.reduce(lambda a, c: a.unionByName(c), selected)

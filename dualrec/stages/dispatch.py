@@ -66,6 +66,7 @@ def run(ctx: StageContext) -> dict:
     out = dispatch_day(
         spark, ranked, items, activity, L=cfg.L, Q=cfg.Q, batches_per_day=cfg.batches_per_day,
         policy=cfg.policy, curve=curve, params=PolicyParams.from_config(cfg),
+        on_batch=lambda j, n: ctx.step("batch", j, n),
     )
     check_invariants(out.match_sets, out.available_users, out.store0, cfg.L, cfg.Q, cfg.batches_per_day)
     lake.write_df(out.available_users, "available_users", day, coalesce=None)
