@@ -121,8 +121,11 @@ class SimilarityConfig:
 class RetrievalConfig:
     """Retrieval channels and their per-channel K (paper 3.2, Eq. 5 and 8)."""
 
-    channels: list[str] = field(default_factory=lambda: ["two_tower", "i2i2u", "i2u2u"])
-    k: dict[str, int] = field(default_factory=lambda: {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300})
+    # None = the channels the registry enables by default (dualrec.channels.default_channels);
+    # k overrides the K each channel declares (dualrec.channels.default_k). Channel names are
+    # resolved and checked in dualrec.channels.channel_names, so config imports no channel.
+    channels: list[str] | None = None
+    k: dict[str, int] = field(default_factory=dict)
     # Our extension (off by default): seed i2u2u with the creator's recently engaged users
     # (positives on the creator's earlier items), so an item without feedback yet is not empty.
     i2u2u_creator_seed: bool = False
@@ -136,6 +139,38 @@ class RetrievalConfig:
     # drop (item, user) pairs where the user already interacted with the item before the
     # item's micro-batch cutoff: they would spend a dispatch slot on an item already seen
     exclude_seen: bool = True
+
+
+@dataclass
+class NextUserConfig:
+    """Next-user generative retrieval channel (papers/next-user-retrieval.txt), small CPU defaults."""
+
+    train_window_days: int = 14  # warm items uploaded in [D-W, D-1], their positives up to D
+    max_seq: int = 50  # positive users per sequence (paper: 50)
+    min_positives: int = 1  # training items need at least this many positives
+    max_train_items: int = 20_000
+    samples_per_item: int = 4  # random cut points per item and epoch (a cut at 0 = no positive yet)
+    max_exposed_negatives: int = 8  # exposed-but-not-interacted users per sample for the CE loss
+    dim: int = 32
+    heads: int = 2
+    layers: int = 1
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 0.003
+    temperature: float = 0.1
+    # loss weights (lambda_1..3 of Eq. 4); 0 switches a loss off
+    loss_contrastive: float = 1.0
+    loss_ce: float = 0.5
+    loss_aux: float = 0.1
+    # architecture switches (the paper's ablations)
+    prefix_prompts: bool = True
+    cls_token: bool = True
+    causal: bool = True
+    id_buckets: int = 1 << 16
+    cat_buckets: int = 256
+    warm_start: bool = True
+    torch_threads: int = 1
+    infer_batch: int = 1024
 
 
 @dataclass
@@ -214,6 +249,7 @@ class DualRecConfig:
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    next_user: NextUserConfig = field(default_factory=NextUserConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -334,6 +370,13 @@ def _check(cfg: Any, where: str) -> None:
                 "or the Airflow Spark connection"
             )
     if isinstance(cfg, RetrievalConfig):
-        missing = [c for c in cfg.channels if c not in cfg.k]
-        if missing:
-            raise ValueError(f"{where}.k has no K for channel(s): {', '.join(missing)}")
+        if cfg.channels is not None and (not isinstance(cfg.channels, list) or not all(isinstance(c, str) for c in cfg.channels)):
+            raise ValueError(f"{where}.channels must be a list of channel names, got {cfg.channels!r}")
+        bad = {c: v for c, v in cfg.k.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"{where}.k values must be integers >= 1: {bad}")
+    if isinstance(cfg, NextUserConfig):
+        if cfg.max_seq < 1 or cfg.dim < 2 or cfg.heads < 1 or cfg.dim % cfg.heads:
+            raise ValueError(f"{where}: max_seq >= 1, dim >= 2 and dim divisible by heads are required")
+        if min(cfg.loss_contrastive, cfg.loss_ce, cfg.loss_aux) < 0 or not (cfg.loss_contrastive or cfg.loss_ce):
+            raise ValueError(f"{where}: loss weights must be >= 0 with loss_contrastive or loss_ce > 0")

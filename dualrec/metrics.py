@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from dualrec.channels.base import channel_names
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.lake import Lake, parse_date
 from dualrec.registry import headline_outputs
@@ -725,7 +726,7 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
             dispatch[k] = None
         dispatch["du_hist"] = None
     share, share_any = channel_shares(match_t.column("channels")) if match_t is not None else ({}, {})
-    chans = list(dict.fromkeys([*cfg.retrieval.channels, *share]))
+    chans = list(dict.fromkeys([*channel_names(cfg), *share]))  # configured channels, then any in the data
     dispatch["channel_share"] = {c: share.get(c, 0.0 if match_t is not None and len(match) else None) for c in chans}
     dispatch["channel_share_any"] = {c: share_any.get(c, 0.0 if match_t is not None and len(match) else None) for c in chans}
     dispatch["paper_channel_share"] = dict(PAPER_CHANNEL_SHARE)
@@ -748,6 +749,7 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
     if lake.has_partition("candidates", day) and sample.size:
         ct = _read(lake, "candidates", day, ["item_id", "user_id", "channels"], pads.field("item_id").isin(pa.array(sample)))
         cand_long = _candidates_long(ct)
+        chans = list(dict.fromkeys([*chans, *pd.unique(cand_long["channel"])]))
     popularity = np.zeros(0)
     if scores_t is not None:
         popularity = scores_t.column("p_active").to_numpy()[av_mask]
