@@ -290,6 +290,51 @@ def _batch_inputs(spec: NextUserSpec, users: UserTable, items: dict[str, np.ndar
     return tensors, _t((lens > 0).astype(np.float32)), _t(uid), _t(emb), _t(lens)
 
 
+def batch_losses(model: NextUserModel, data: SequenceData, r: np.ndarray, cut: np.ndarray, rng: np.random.Generator,
+                 cfg) -> dict[str, torch.Tensor]:
+    """The three losses of Eq. 5-7 for items ``r`` cut after ``cut`` positives (target = the next one).
+
+    Losses whose weight in ``cfg`` is 0 are not computed (they are absent from the result)."""
+    spec, users = model.spec, data.users
+    nneg = np.diff(data.neg_off)
+    kn = int(cfg.max_exposed_negatives)
+    out: dict[str, torch.Tensor] = {}
+    seqs = [data.seq_users[data.seq_off[i] : data.seq_off[i] + j] for i, j in zip(r, cut)]
+    target = data.seq_users[data.seq_off[r] + cut]
+    items, has_id, uid, emb, sl = _batch_inputs(spec, users, {k: v[r] for k, v in data.items.items()}, seqs)
+    u_next, u_hat, toks = model(items, has_id, uid, emb, sl)
+    t_emb = _t(users.emb[users.rows(target)])
+    if cfg.loss_contrastive:
+        # Eq. 5: in-batch negatives are the other samples' true next users
+        logits = u_next @ t_emb.T / cfg.temperature
+        same = _t(target[:, None] == target[None, :]) & ~torch.eye(len(r), dtype=torch.bool)
+        out["contrastive"] = nn.functional.cross_entropy(logits.masked_fill(same, -1e9), torch.arange(len(r)))
+    if cfg.loss_ce:
+        # Eq. 6: the true next user vs users exposed to the item without feedback
+        pos_logit = (u_next * t_emb).sum(1)
+        terms = [nn.functional.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="sum")]
+        n_terms = len(r)
+        if kn and nneg[r].any():
+            pick = (rng.random((len(r), kn)) * np.maximum(nneg[r], 1)[:, None]).astype(np.int64)
+            ok = (nneg[r] > 0)[:, None] & np.ones((1, kn), bool)
+            neg = data.neg_users[np.minimum(data.neg_off[r][:, None] + pick, max(len(data.neg_users) - 1, 0))]
+            ne = _t(users.emb[np.maximum(users.rows(neg.reshape(-1)), 0)].reshape(len(r), kn, -1))
+            nl = torch.einsum("bd,bkd->bk", u_next, ne)[_t(ok)]
+            terms.append(nn.functional.binary_cross_entropy_with_logits(nl, torch.zeros_like(nl), reduction="sum"))
+            n_terms += int(ok.sum())
+        out["ce"] = sum(terms) / n_terms
+    if cfg.loss_aux:
+        # Eq. 7: u^_j reconstructs the j-th user token (j = len: the true next user), targets stop-gradient
+        t_tok = model.user_tokens(_t(hash_ids(target, spec.id_buckets, _SALT_USER)), t_emb)
+        m = toks.shape[1]
+        full = torch.cat([toks, torch.zeros_like(toks[:, :1])], 1)  # (b, m+1, d)
+        full = full.index_put((torch.arange(len(r)), torch.minimum(sl, torch.tensor(m))), t_tok)
+        valid = torch.arange(m + 1).unsqueeze(0) <= sl.unsqueeze(1)
+        err = ((u_hat - full.detach()) ** 2).sum(-1)  # sg(): no gradient into the targets
+        out["aux"] = err[valid].mean()
+    return out
+
+
 def train_next_user(model: NextUserModel, data: SequenceData, cfg, seed: int, fit_normalizers: bool = True) -> dict[str, Any]:
     """Train in place (deterministic on CPU given ``seed``); returns per-epoch mean losses.
 
@@ -304,14 +349,11 @@ def train_next_user(model: NextUserModel, data: SequenceData, cfg, seed: int, fi
         return {"items": 0, "samples": 0, "epoch_loss": []}
     if fit_normalizers:
         model.fit_normalizers(data.items["dur"][:, 0])
-    spec, users = model.spec, data.users
     sparse = [p for mod in model.modules() if isinstance(mod, nn.Embedding) and mod.sparse for p in mod.parameters()]
     sparse_ids = {id(p) for p in sparse}
     opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr), torch.optim.Adam([p for p in model.parameters() if id(p) not in sparse_ids], lr=cfg.lr)]
     lens = np.diff(data.seq_off)
-    nneg = np.diff(data.neg_off)
     w_con, w_ce, w_aux = float(cfg.loss_contrastive), float(cfg.loss_ce), float(cfg.loss_aux)
-    kn = int(cfg.max_exposed_negatives)
     losses: list[float] = []
     model.train()
     for epoch in range(cfg.epochs):
@@ -321,38 +363,8 @@ def train_next_user(model: NextUserModel, data: SequenceData, cfg, seed: int, fi
         for s in range(0, len(rows), cfg.batch_size):
             r = rows[s : s + cfg.batch_size]
             cut = (rng.random(len(r)) * lens[r]).astype(np.int64)  # j in [0, n-1]
-            seqs = [data.seq_users[data.seq_off[i] : data.seq_off[i] + j] for i, j in zip(r, cut)]
-            target = data.seq_users[data.seq_off[r] + cut]
-            items, has_id, uid, emb, sl = _batch_inputs(spec, users, {k: v[r] for k, v in data.items.items()}, seqs)
-            u_next, u_hat, toks = model(items, has_id, uid, emb, sl)
-            t_emb = _t(users.emb[users.rows(target)])
-            loss = torch.zeros(())
-            if w_con:
-                logits = u_next @ t_emb.T / cfg.temperature
-                same = _t(target[:, None] == target[None, :]) & ~torch.eye(len(r), dtype=torch.bool)
-                loss = loss + w_con * nn.functional.cross_entropy(logits.masked_fill(same, -1e9), torch.arange(len(r)))
-            if w_ce:
-                pos_logit = (u_next * t_emb).sum(1)
-                parts = [nn.functional.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="sum")]
-                n_terms = len(r)
-                if kn and nneg[r].any():
-                    pick = (rng.random((len(r), kn)) * np.maximum(nneg[r], 1)[:, None]).astype(np.int64)
-                    ok = (nneg[r] > 0)[:, None] & np.ones((1, kn), bool)
-                    neg = data.neg_users[np.minimum(data.neg_off[r][:, None] + pick, max(len(data.neg_users) - 1, 0))]
-                    ne = _t(users.emb[np.maximum(users.rows(neg.reshape(-1)), 0)].reshape(len(r), kn, -1))
-                    nl = torch.einsum("bd,bkd->bk", u_next, ne)[_t(ok)]
-                    parts.append(nn.functional.binary_cross_entropy_with_logits(nl, torch.zeros_like(nl), reduction="sum"))
-                    n_terms += int(ok.sum())
-                loss = loss + w_ce * sum(parts) / n_terms
-            if w_aux:
-                t_tok = model.user_tokens(_t(hash_ids(target, spec.id_buckets, _SALT_USER)), t_emb)
-                m = toks.shape[1]
-                full = torch.cat([toks, torch.zeros_like(toks[:, :1])], 1)  # (b, m+1, d)
-                idx = torch.minimum(sl, torch.tensor(m))
-                full[torch.arange(len(r)), idx] = t_tok  # position len = the true next user
-                valid = torch.arange(m + 1).unsqueeze(0) <= sl.unsqueeze(1)
-                err = ((u_hat - full.detach()) ** 2).sum(-1)  # sg(): no gradient into the targets
-                loss = loss + w_aux * err[valid].mean()
+            parts = batch_losses(model, data, r, cut, rng, cfg)
+            loss = sum(w * parts[k] for k, w in (("contrastive", w_con), ("ce", w_ce), ("aux", w_aux)) if w)
             for o in opts:
                 o.zero_grad()
             loss.backward()
