@@ -80,8 +80,8 @@ def ensure_prereqs(lake: Lake, day: dt.date, world_from: str | None) -> None:
                 run_stage(st, None, ctx)
 
 
-def bench_cfg(**nu) -> DualRecConfig:
-    return DualRecConfig.from_dict({"spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "4g"},
+def bench_cfg(seed: int = 0, **nu) -> DualRecConfig:
+    return DualRecConfig.from_dict({"seed": seed, "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "4g"},
                                     "next_user": nu})
 
 
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples-per-item", type=int, default=None)
     ap.add_argument("--max-train-items", type=int, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of next_user variants to train")
+    ap.add_argument("--seed", type=int, default=0, help="config seed (training seeds derive from it)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_prereqs(lake, day, args.world_from)
     over = {k: v for k, v in {"epochs": args.epochs, "samples_per_item": args.samples_per_item,
                               "max_train_items": args.max_train_items}.items() if v is not None}
-    cfg = bench_cfg(**over)
+    cfg = bench_cfg(args.seed, **over)
     ctx = StageContext(lake, day, cfg)
     spark = ctx.spark
     ks = (20, 50)

@@ -137,7 +137,11 @@ def fit(inputs: dict[str, Any], cfg, seed: int, model=None, content_dim: int | N
     cdim = content_dim or (len(inputs["items"].column("content_emb")[0]) if inputs["items"] is not None and inputs["items"].num_rows else 1)
     spec = NextUserSpec.from_cfg(cfg.next_user, users.emb.shape[1] if users.emb.ndim == 2 else 1, cdim, **spec_over)
     warm = model is not None
-    model = model or NextUserModel(spec)
+    if model is None:
+        import torch
+
+        torch.manual_seed(seed)  # the initial weights too: reruns and ablation variants start alike
+        model = NextUserModel(spec)
     if inputs["items"] is None or not len(inputs["seqs"]):
         return model, {"items": 0, "samples_per_epoch": 0, "epoch_loss": []}
     data = build_sequence_data(item_arrays(inputs["items"], model.spec), inputs["seqs"], inputs["negs"], users,
