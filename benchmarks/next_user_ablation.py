@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train-items", type=int, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of next_user variants to train")
     ap.add_argument("--seed", type=int, default=0, help="config seed (training seeds derive from it)")
+    ap.add_argument("--with-without", action="store_true",
+                    help="instead: run retrieve, rank, dispatch and evaluate for D without and with the next_user channel")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     lake, day = Lake(args.lake), parse_date(args.date)
     nxt = day + dt.timedelta(days=1)
     ensure_prereqs(lake, day, args.world_from)
+    if args.with_without:
+        out = with_without(lake, day, args.seed)
+        print(json.dumps(out, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        return 0
     over = {k: v for k, v in {"epochs": args.epochs, "samples_per_item": args.samples_per_item,
                               "max_train_items": args.max_train_items}.items() if v is not None}
     cfg = bench_cfg(args.seed, **over)
@@ -228,6 +236,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def with_without(lake: Lake, day: dt.date, seed: int) -> dict:
+    """The day's pipeline after retrieval, without and with next_user (same ranker seed and caps)."""
+    from dualrec.channels import default_channels
+    from dualrec.channels.next_user import train
+    from dualrec.metrics import evaluate, get_path
+    from dualrec.stages.base import StageContext, run_stage
+
+    paths = ["retrieval.truth_recall", "dispatch.channel_share", "quality.expected_feedback", "quality.feedback_per_pair",
+             "quality.recall_at_l", "quality.truth_recall_dispatched", "dispatch.items_covered", "dispatch.items",
+             "retrieval.candidates_per_item"]
+    out: dict = {"date": day.isoformat()}
+    for label, chans in (("without", default_channels()), ("with", [*default_channels(), "next_user"])):
+        cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
+        ctx = StageContext(lake, day, cfg)
+        t0 = time.time()
+        if "next_user" in chans:  # what the similarity stage runs when the channel is enabled
+            out["next_user_training"] = train(ctx)
+        stages = {st: run_stage(st, None, ctx).get("seconds") for st in ("retrieve", "rank", "dispatch")}
+        m = evaluate(lake, day, cfg, spark=ctx.spark)
+        row = {}
+        for p in paths:
+            try:
+                row[p] = get_path(m, p)
+            except KeyError:
+                row[p] = "absent"
+        out[label] = {"channels": chans, "stage_seconds": stages, "seconds": round(time.time() - t0, 1), **row}
+        log.info("%s next_user: %s", label, out[label])
+    return out
 
 
 def markdown(out: dict) -> str:
