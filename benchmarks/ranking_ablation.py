@@ -107,7 +107,9 @@ def retrieval_quality(lake: Lake, cfg: DualRecConfig, day: dt.date, n_items: int
     items = lake.read_table("items", day, ["item_id"]).column("item_id").to_numpy()
     items = np.sort(rng.choice(items, size=min(n_items, len(items)), replace=False))
     nxt = day + dt.timedelta(days=1)
-    channels = list(cfg.retrieval.channels)
+    from dualrec.channels import channel_names
+
+    channels = channel_names(cfg)
     rec: dict[str, list] = {c: [] for c in [*channels, "merged"]}
     fb = {"ranked_top_L": [], "all_candidates": [], "random_L_candidates": [], "two_tower_top_L": [], "true_top_L": []}
     cand = cand[cand["item_id"].isin(items)].merge(ranked, on=["item_id", "user_id"], how="left")

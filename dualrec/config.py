@@ -46,7 +46,6 @@ DEFAULT_BETA: dict[str, float] = {
     "profile_enter": 0.5,
     "long_view": 0.05,
 }
-DEFAULT_K: dict[str, int] = {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300}
 
 
 class ConfigError(ValueError):
@@ -242,15 +241,16 @@ def _unregistered(names: Collection[str]) -> str | None:
 class RetrievalConfig(_Section):
     """Retrieval channels and their per-channel K (paper 3.2, Eq. 5 and 8)."""
 
-    channels: list[str] = Field(
-        default=["two_tower", "i2i2u", "i2u2u"],
+    channels: list[str] | None = Field(
+        default=None,
         min_length=1,
-        description="enabled channels, registered names only (dualrec.channels.registered_names)",
+        description="enabled channels, registered names only (dualrec.channels.registered_names); "
+        "null = the channels the registry enables by default",
         json_schema_extra=_channel_enum,
     )
     k: dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default=DEFAULT_K,
-        description="per-channel K (>= 1), merged over the defaults; keys are registered channel names",
+        default_factory=dict,
+        description="per-channel K overrides (>= 1); a channel without one uses the K its module declares",
         json_schema_extra=_channel_keys,
     )
     i2u2u_creator_seed: bool = Field(
@@ -272,14 +272,11 @@ class RetrievalConfig(_Section):
         "micro-batch cutoff: they would spend a dispatch slot on an item already seen",
     )
 
-    @field_validator("k", mode="before")
-    @classmethod
-    def _k_over_defaults(cls, v: Any) -> Any:
-        return {**DEFAULT_K, **v} if isinstance(v, dict) else v
-
     @field_validator("channels")
     @classmethod
-    def _channels_registered(cls, v: list[str]) -> list[str]:
+    def _channels_registered(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
         if msg := _unregistered(v):
             raise ValueError(msg)
         dup = sorted({c for c in v if v.count(c) > 1})
@@ -293,13 +290,6 @@ class RetrievalConfig(_Section):
         if msg := _unregistered(sorted(v)):
             raise ValueError(msg)
         return v
-
-    @model_validator(mode="after")
-    def _k_for_every_channel(self) -> "RetrievalConfig":
-        missing = [c for c in self.channels if c not in self.k]
-        if missing:
-            raise ValueError(f"k has no K for channel(s): {', '.join(missing)}")
-        return self
 
 
 class RankConfig(_Section):
@@ -418,6 +408,35 @@ class ValidationConfig(_Section):
         return v
 
 
+class NextUserConfig(_Section):
+    """Next-user generative retrieval channel (papers/next-user-retrieval.txt), small CPU defaults."""
+
+    train_window_days: int = Field(14, ge=1, description="warm items uploaded in [D-W, D-1], their positives up to D")
+    max_seq: int = Field(50, ge=1, description="positive users per sequence (paper: 50)")
+    min_positives: int = Field(1, ge=1, description="training items need at least this many positives")
+    max_train_items: int = Field(20_000, ge=1)
+    samples_per_item: int = Field(4, ge=1, description="random cut points per item and epoch (0 = no positive yet)")
+    max_exposed_negatives: int = Field(8, ge=0, description="exposed-but-not-interacted users per sample (CE loss)")
+    dim: int = Field(32, ge=1)
+    heads: int = Field(2, ge=1)
+    layers: int = Field(1, ge=1)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.003, gt=0)
+    temperature: float = Field(0.1, gt=0)
+    loss_contrastive: float = Field(1.0, ge=0, description="loss weights (lambda_1..3 of Eq. 4); 0 switches a loss off")
+    loss_ce: float = Field(0.5, ge=0)
+    loss_aux: float = Field(0.1, ge=0)
+    prefix_prompts: bool = Field(True, description="architecture switches: the paper's ablations")
+    cls_token: bool = True
+    causal: bool = True
+    id_buckets: int = Field(1 << 16, ge=2)
+    cat_buckets: int = Field(256, ge=2)
+    warm_start: bool = True
+    torch_threads: int = Field(1, ge=1)
+    infer_batch: int = Field(1024, ge=1)
+
+
 class DualRecConfig(_Section):
     """The single configuration object of the pipeline."""
 
@@ -427,6 +446,7 @@ class DualRecConfig(_Section):
     two_tower: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    next_user: NextUserConfig = Field(default_factory=NextUserConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -31,7 +31,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute in _anti_join
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.tables import arrow_schema, spark_schema
+from schemas.tables import arrow_schema, spark_schema, table_spec
 from schemas.validate import validate_arrow, validate_files
 
 log = logging.getLogger(__name__)
@@ -344,8 +344,9 @@ class Lake:
         if not paths:
             df = spark.createDataFrame([], schema)
             return df.withColumn("dt", F.lit(None).cast("date")) if with_dt else df
+        extra = self._pattern_names(table, present)
         df = (
-            spark.read.schema(spark_schema(table, with_dt=True))
+            spark.read.schema(spark_schema(table, with_dt=True, names=extra))
             .option("basePath", self.uri(table))
             .parquet(*paths)
         )
@@ -362,6 +363,18 @@ class Lake:
         """Spark URI of a file listed through :attr:`fs` (a path under the lake root)."""
         rel = posixpath.relpath(fs_path, self._base)
         return self.uri(rel)
+
+    def _pattern_names(self, table: str, days: list[dt.date]) -> list[str]:
+        """Pattern-accepted columns (e.g. ``score_<channel>``) stored in the partitions, from the
+        Parquet footers: a contract with column patterns is read with what was written."""
+        spec = table_spec(table)
+        if not spec.column_patterns:
+            return []
+        names: list[str] = []
+        for d in days:
+            for f in self._data_files(self.partition_rel(table, d)):
+                names += [n for n in pq.read_schema(f, filesystem=self._fs).names if n not in names]
+        return [c.name for c in spec.pattern_columns(names)]
 
     def write_df(self, df, table: str, day: dt.date | str, validate: bool = True, coalesce: int | None = 1) -> None:
         """Write one partition from Spark, conformed to the contract, atomically.
@@ -408,7 +421,7 @@ def _anti_join(data: pa.Table, keys: pa.Table) -> pa.Table:
 
 def conform_arrow(table: str, data: pa.Table) -> pa.Table:
     """Select and cast columns to the contract; missing columns are an error naming the table."""
-    schema = arrow_schema(table)
+    schema = arrow_schema(table, data.column_names)  # pattern columns (score_<channel>) are kept
     missing = [f.name for f in schema if f.name not in data.column_names]
     if missing:
         raise ValueError(f"table {table!r}: missing column(s) {', '.join(missing)} in data being written")
@@ -419,7 +432,7 @@ def conform_df(table: str, df):
     from pyspark.sql import functions as F
 
 
-    schema = spark_schema(table)
+    schema = spark_schema(table, names=df.columns)  # pattern columns (score_<channel>) are kept, not dropped
     missing = [f.name for f in schema.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"table {table!r}: missing column(s) {', '.join(missing)} in data being written")

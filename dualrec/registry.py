@@ -40,9 +40,11 @@ STAGE_SPECS: tuple[StageSpec, ...] = (
         "similarity",
         ("items", "interactions", "user_embeddings", "activity_scores"),
         ("item_similar", "item_positive_users", "user_similar"),
-        ("item_index",),
+        # next_user: trained here when the channel is enabled (dualrec.channels.next_user declares it)
+        ("item_index", "next_user"),
     ),
-    StageSpec("retrieve", ("items", "activity_scores", "item_similar", "item_positive_users", "user_similar"), ("candidates",)),
+    # channel-specific inputs are declared by each channel (dualrec.channels) and checked by the stage
+    StageSpec("retrieve", ("items", "activity_scores"), ("candidates",)),
     StageSpec("rank", ("users", "items", "interactions", "candidates"), ("ranked",), ("ranker",)),
     StageSpec("dispatch", ("items", "activity_scores", "ranked"), ("match_sets", "user_match_sets", "available_users")),
     StageSpec("metrics", ("items", "activity_scores", "match_sets"), ("metrics",)),

@@ -6,6 +6,7 @@ Types are PyArrow types; the Spark schema is derived from them so the two can ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -24,6 +25,22 @@ class Column:
 
 
 @dataclass(frozen=True)
+class ColumnPattern:
+    """Columns accepted by name pattern (e.g. one ``score_<channel>`` per retrieval channel).
+
+    The contract stays independent of which channels exist: a column whose whole name matches
+    ``regex`` is kept, typed and validated like a declared column."""
+
+    regex: str
+    type: pa.DataType
+    nullable: bool = True
+    doc: str = ""
+
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(self.regex, name) is not None
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """Contract of one table: columns, key, and which checks the validator runs."""
 
@@ -37,10 +54,28 @@ class TableSpec:
     allow_empty: bool = False
     doc: str = ""
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+    column_patterns: tuple[ColumnPattern, ...] = ()
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    def pattern_columns(self, names) -> list[Column]:
+        """Undeclared columns among ``names`` that a pattern accepts, in the order given."""
+        declared = set(self.names)
+        out = []
+        for n in names:
+            if n in declared:
+                continue
+            for p in self.column_patterns:
+                if p.matches(n):
+                    out.append(Column(n, p.type, p.nullable, p.doc))
+                    break
+        return out
+
+    def columns_for(self, names=()) -> tuple[Column, ...]:
+        """The declared columns plus the pattern columns present in ``names``."""
+        return (*self.columns, *self.pattern_columns(names))
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -151,13 +186,14 @@ _SPECS: list[TableSpec] = [
             C("batch", pa.int32()),
             C("item_id", pa.int64()),
             C("user_id", pa.int64()),
-            C("score_two_tower", pa.float32(), nullable=True),
-            C("score_i2i2u", pa.float32(), nullable=True),
-            C("score_i2u2u", pa.float32(), nullable=True),
             C("channels", pa.list_(pa.string())),
         ),
         key=("item_id", "user_id"),
         allow_empty=True,
+        column_patterns=(
+            ColumnPattern(r"score_[a-z][a-z0-9_]*", pa.float32(), True, "one per retrieval channel; null when that channel did not find the pair"),
+        ),
+        doc="Merged retrieval candidates: one score_<channel> column per channel (dualrec.channels registry).",
     ),
     TableSpec(
         "ranked",
@@ -225,17 +261,18 @@ def table_spec(name: str) -> TableSpec:
         raise ValueError(f"unknown table {name!r}; known: {', '.join(sorted(TABLES))}") from None
 
 
-def arrow_schema(name: str) -> pa.Schema:
-    """PyArrow schema of a table (without the dt partition column)."""
+def arrow_schema(name: str, names=()) -> pa.Schema:
+    """PyArrow schema of a table (without the dt partition column); ``names``: column names of
+    the data at hand, whose pattern-accepted columns (see :class:`ColumnPattern`) are added."""
     spec = table_spec(name)
-    return pa.schema([pa.field(c.name, c.type, c.nullable) for c in spec.columns])
+    return pa.schema([pa.field(c.name, c.type, c.nullable) for c in spec.columns_for(names)])
 
 
-def spark_schema(name: str, with_dt: bool = False):
-    """Spark StructType derived from the PyArrow definition."""
+def spark_schema(name: str, with_dt: bool = False, names=()):
+    """Spark StructType derived from the PyArrow definition (``names`` as in :func:`arrow_schema`)."""
     from pyspark.sql import types as T
 
-    fields = [T.StructField(c.name, arrow_to_spark(c.type), c.nullable) for c in table_spec(name).columns]
+    fields = [T.StructField(c.name, arrow_to_spark(c.type), c.nullable) for c in table_spec(name).columns_for(names)]
     if with_dt:
         fields.append(T.StructField("dt", T.DateType(), False))
     return T.StructType(fields)

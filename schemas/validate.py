@@ -189,7 +189,7 @@ def _validate(spec: TableSpec, day: dt.date | None, src: _Source, emb_dim: int |
     # 1. columns present and typed as the contract says
     present = {f.name: f.type for f in src.schema}
     usable = []
-    for col in spec.columns:
+    for col in spec.columns_for(present):  # declared columns, then pattern-accepted ones present
         if col.name not in present:
             bad(col.name, f"missing column (expected {col.type})")
             continue
@@ -219,7 +219,7 @@ def _validate(spec: TableSpec, day: dt.date | None, src: _Source, emb_dim: int |
         return rows
 
     # 3. nulls in key or non-nullable columns
-    for col in spec.columns:
+    for col in spec.columns_for(present):
         if col.name not in usable or col.nullable:
             continue
         arr = keys.column(col.name) if keys is not None and col.name in key_cols else src.columns([col.name]).column(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +110,7 @@ class EchoChannel(Channel):
 
 def test_registry_and_interface():
     cfg = DualRecConfig()
-    assert channel_names(cfg) == ["two_tower", "i2i2u", "i2u2u"]
+    assert channel_names(cfg) == ["two_tower", "i2i2u", "i2u2u"]  # the registry's enabled channels
     for n in channel_names(cfg):
         ch = get_channel(n)
         assert isinstance(ch, Channel) and ch.name == n
@@ -270,3 +271,176 @@ def test_retrieve_job_writes_candidates(lake, spark):
     both = cand[(cand.item_id == 100) & (cand.user_id == 1)].iloc[0]
     assert "i2i2u" in list(both["channels"]) and both["score_i2i2u"] == pytest.approx(1.9)
     assert set(stats["channel_share"]) <= {"two_tower", "i2i2u", "i2u2u"}
+
+
+# ---------------------------------------------------------------------- declarative registry
+def test_registry_declarations_drive_defaults_k_and_inputs():
+    from dualrec.channels import channel_k, channel_spec, default_channels, default_k, registered_channels
+    from dualrec.channels.base import channel_tables
+
+    specs = registered_channels()
+    assert list(specs)[:4] == ["two_tower", "i2i2u", "i2u2u", "next_user"]
+    assert default_channels() == ["two_tower", "i2i2u", "i2u2u"]  # next_user is declared but off by default
+    assert default_k() == {"two_tower": 1000, "i2i2u": 500, "i2u2u": 300, "next_user": 300, **{
+        n: s.k for n, s in specs.items() if n not in ("two_tower", "i2i2u", "i2u2u", "next_user")}}
+    assert channel_spec("next_user").score_column == "score_next_user"
+    assert channel_spec("next_user").trained_in == "similarity"
+    cfg = DualRecConfig.load(None, {"retrieval.channels": '["i2u2u", "next_user"]', "retrieval.k": {"next_user": 7}})
+    assert channel_names(cfg) == ["i2u2u", "next_user"]
+    assert channel_k(cfg, "next_user") == 7 and channel_k(cfg, "i2u2u") == 300
+    assert channel_tables(channel_names(cfg)) == ("item_positive_users", "user_similar", "user_embeddings")
+    with pytest.raises(ValueError, match="ghost"):
+        channel_names(DualRecConfig.from_dict({"retrieval": {"channels": ["ghost"]}}))
+    with pytest.raises(ValueError, match="lower-case identifier"):
+        register("Bad-Name", f"{__name__}:EchoChannel")
+
+
+def test_missing_channel_input_fails_before_any_work(lake, spark):
+    from dualrec.lake import LakeError
+    from dualrec.stages.retrieve import run
+
+    ctx = _ctx(lake, spark, **{"retrieval.channels": '["next_user"]'})
+    with pytest.raises(LakeError, match=r"user_embeddings.*next_user.*two_tower"):
+        run(ctx)
+
+
+def test_candidates_contract_accepts_any_channel_score_column(spark, tmp_path):
+    from dualrec.lake import conform_df
+    from schemas.tables import spark_schema, table_spec
+    from schemas.validate import validate_arrow
+
+    df = spark.createDataFrame(
+        [(0, 1, 2, 0.5, None, ["brand_new"])],
+        "batch int, item_id long, user_id long, score_brand_new double, score_other float, channels array<string>",
+    )
+    out = conform_df("candidates", df.withColumn("junk", df.batch))
+    assert out.columns == ["batch", "item_id", "user_id", "channels", "score_brand_new", "score_other"]
+    assert dict(out.dtypes)["score_brand_new"] == "float"  # typed by the pattern
+    lk = Lake(str(tmp_path / "lk"))
+    lk.write_df(df, "candidates", D)
+    back = lk.read_df(spark, "candidates", [D], with_dt=False)
+    assert "score_brand_new" in back.columns and back.first()["score_brand_new"] == pytest.approx(0.5)
+    bad = pa.table({"batch": pa.array([0], pa.int32()), "item_id": pa.array([1], pa.int64()), "user_id": pa.array([2], pa.int64()),
+                    "channels": pa.array([["x"]], pa.list_(pa.string())), "score_x": pa.array(["high"])})
+    rep = validate_arrow("candidates", D, bad)
+    assert not rep.ok and "score_x" in str(rep)
+    assert [c.name for c in table_spec("candidates").pattern_columns(["score_a", "scoreb", "score_"])] == ["score_a"]
+    assert "score_a" in spark_schema("candidates", names=["score_a"]).fieldNames()
+
+
+def _next_user_artefacts(lake):
+    """user_embeddings for every user, and an untrained next_user model of matching shape."""
+    import torch
+
+    from models.next_user import NextUserModel, NextUserSpec, save_next_user
+
+    rng = np.random.default_rng(2)
+    users = list(range(1, 13))
+    lake.write_table("user_embeddings", D, pa.table({
+        "user_id": pa.array(users, pa.int64()),
+        "emb": pa.array([rng.normal(size=8).astype(np.float32) for _ in users], pa.list_(pa.float32())),
+    }))
+    torch.manual_seed(0)
+    cfg = DualRecConfig().next_user
+    model = NextUserModel(NextUserSpec.from_cfg(cfg, 8, DIM, dim=8, heads=2, id_buckets=64, cat_buckets=8))
+    with lake.publish_dir(Lake.model_rel("next_user", D)) as rel:
+        save_next_user(model, lake, rel, {"day": str(D)})
+    return model
+
+
+def test_next_user_channel_generates_for_items_without_positives(lake, spark):
+    from dualrec.channels.next_user import item_arrays
+    from models.next_user import UserTable, generate
+
+    _, index, vecs = _two_tower_artefacts(lake, spark)
+    model = _next_user_artefacts(lake)
+    ctx = _ctx(lake, spark, **{"retrieval.k": {"next_user": 3}})
+    got = _by_item(get_channel("next_user").retrieve(ctx, _items_df(ctx)))
+    # every item gets K users, even 101 and 102 that have no positive user before their cutoff
+    assert set(got) == {100, 101, 102} and all(len(v) == 3 for v in got.values())
+    assert all(set(v) <= set(AVAILABLE) for v in got.values())
+    # item 100 (cutoff 06:00) is generated from its positives before the cutoff only: user 5, not user 6
+    items = lake.read_table("items", D).sort_by("item_id")
+    emb = lake.read_table("user_embeddings", D)
+    users = UserTable.build(emb.column("user_id").to_numpy(), np.stack(emb.column("emb").to_numpy(zero_copy_only=False)))
+    e = generate(model, item_arrays(items, model.spec), [np.array([5]), np.zeros(0, np.int64), np.zeros(0, np.int64)], users)
+    s = vecs @ e[0]
+    top = np.array(AVAILABLE)[np.argsort(-s)[:3]]
+    assert set(got[100]) == set(top.tolist())
+    assert got[100][int(top[0])] == pytest.approx(float(s.max()), rel=1e-4)
+
+
+# ---------------------------------------------------------------------- a new channel is one new module
+_THROWAWAY = '''
+"""A throwaway channel written by the test: the 7 available users with the smallest ids."""
+from dualrec.channels.base import Channel, ChannelSpec, available_users
+
+
+class Smallest(Channel):
+    name = "smallest_ids"
+
+    def retrieve(self, ctx, items_df):
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        users = available_users(ctx).orderBy("user_id").limit(7)
+        pairs = items_df.select("item_id").crossJoin(users)
+        return pairs.select("item_id", "user_id", (F.lit(1.0) / F.col("user_id")).cast("float").alias("score"))
+
+
+CHANNEL = ChannelSpec(name="smallest_ids", factory=Smallest, k=7, enabled=True, tables=("activity_scores",))
+'''
+
+
+@pytest.mark.slow
+def test_a_new_channel_module_reaches_candidates_evaluate_and_report(spark, tmp_path, monkeypatch):
+    """No edit anywhere but the new module: candidates get its score column, evaluate its channel
+    share and truth recall, the report its name."""
+    import importlib
+    import sys
+
+    from pyspark.sql import functions as F
+
+    from dualrec.channels import register, unregister
+    from dualrec.metrics import evaluate, metrics_table
+    from dualrec.report import load_history, trend_series, write_report
+    from dualrec.stages.base import run_stage
+    from dualrec.synth import generate
+    from schemas.tables import RANK_TASKS
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "throwaway_channel.py").write_text(_THROWAWAY)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    mod = importlib.import_module("throwaway_channel")
+    register(mod.CHANNEL)
+    try:
+        root = str(tmp_path / "world")
+        generate(root, preset="tiny", start="2026-01-01", days=3, seed=3)
+        lk, day = Lake(root), dt.date(2026, 1, 2)
+        users = lk.read_table("users", day).column("user_id").to_numpy()
+        lk.write_table("activity_scores", day, pa.table({
+            "user_id": pa.array(users, pa.int64()), "p_active": pa.array(np.full(len(users), 0.5)),
+            "available": pa.array(np.ones(len(users), bool))}))
+        cfg = DualRecConfig.load(None, {"dispatch.batches_per_day": 4, "dispatch.L": 5})
+        assert channel_names(cfg)[-1] == "smallest_ids"  # enabled by its declaration
+        ctx = StageContext(lake=lk, day=day, cfg=cfg.with_override("retrieval.channels", '["smallest_ids"]'), _spark=spark)
+        run_stage("retrieve", None, ctx)
+        cand = lk.read_table("candidates", day)
+        assert "score_smallest_ids" in cand.column_names
+        assert {tuple(c) for c in cand.column("channels").to_pylist()} == {("smallest_ids",)}
+        # stand-in for the ranker: g = the channel score (rank is not under test here)
+        c = lk.read_df(spark, "candidates", [day], with_dt=False)
+        ranked = c.select("batch", "item_id", "user_id", "channels", *[F.lit(0.1).cast("float").alias(f"s_{t}") for t in RANK_TASKS],
+                          F.lit(1.0).cast("float").alias("theta"), F.col("score_smallest_ids").alias("g"))
+        lk.write_df(ranked, "ranked", day)
+        run_stage("dispatch", None, ctx)
+        m = evaluate(lk, day, ctx.cfg, spark=spark)
+        assert m["dispatch"]["channel_share"]["smallest_ids"] == pytest.approx(1.0)
+        assert m["retrieval"]["truth_recall"]["smallest_ids"] is not None
+        lk.write_table("metrics", day, metrics_table(m))
+        html = Path(write_report(lk, day, m).replace("file://", "")).read_text()
+        assert "smallest_ids" in html
+        assert "retrieval.truth_recall.smallest_ids" in trend_series(load_history(lk))["Truth recall of retrieval"]
+    finally:
+        unregister("smallest_ids")
+        sys.modules.pop("throwaway_channel", None)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dualrec.channels import REGISTRY, registered_names
+from dualrec.channels import channel_k, register, registered_names, unregister
 import dualrec.config as config_module
 from dualrec.config import ConfigError, DualRecConfig
 from jobs.cli import main
@@ -138,11 +138,16 @@ def test_unknown_channel_is_refused_at_load_against_the_registry(monkeypatch):
     assert "listed twice" in _refused({"retrieval": {"channels": ["i2i2u", "i2i2u"]}})
     assert "retrieval.channels" in _refused({"retrieval": {"channels": []}})
     # the registry is the one list of names: a channel registered later is accepted, with its K
-    monkeypatch.setitem(REGISTRY, "ghost", "tests.test_channels:EchoChannel")
-    assert "ghost" in registered_names()
-    cfg = DualRecConfig.from_dict({"retrieval": {"channels": ["two_tower", "ghost"], "k": {"ghost": 3}}})
-    assert cfg.retrieval.k["ghost"] == 3
-    assert "no K" in _refused({"retrieval": {"channels": ["ghost"]}})
+    register("ghost", "tests.test_channels:EchoChannel")
+    try:
+        assert "ghost" in registered_names()
+        cfg = DualRecConfig.from_dict({"retrieval": {"channels": ["two_tower", "ghost"], "k": {"ghost": 3}}})
+        assert cfg.retrieval.k["ghost"] == 3
+        # without an override, K is the one the channel declares
+        cfg = DualRecConfig.from_dict({"retrieval": {"channels": ["ghost"]}})
+        assert channel_k(cfg, "ghost") == 100
+    finally:
+        unregister("ghost")
 
 
 def test_entry_points_check_channel_names_at_load(monkeypatch):

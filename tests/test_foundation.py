@@ -49,6 +49,7 @@ def test_config_loads_yaml_and_toml_and_overrides(tmp_path):
         ({"dispatch": {"Q": "ten"}}, "must be int"),
         ({"dispatch": {"policy": "magic"}}, "policy"),
         ({"retrieval": {"channels": ["two_tower", "nope"]}}, "unknown channel.*nope"),
+        ({"retrieval": {"k": {"two_tower": 0}}}, "greater than or equal to 1|k"),
     ],
 )
 def test_config_rejects_bad_values(data, msg):

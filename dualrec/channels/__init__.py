@@ -1,18 +1,35 @@
-"""Creator-side retrieval channels (paper 3.2): one interface, a registry and a mixer."""
+"""Creator-side retrieval channels (paper 3.2): one interface, a declarative registry and a mixer.
+
+A channel is one module of this package with a ``CHANNEL = ChannelSpec(...)`` declaration; see
+:mod:`dualrec.channels.base`. Importing this package imports no channel module and no heavy
+library: :func:`registered_channels` discovers the modules on first call.
+"""
 
 from dualrec.channels.base import (
     REGISTRY,
     Channel,
+    ChannelContext,
+    ChannelSpec,
+    channel_k,
     channel_names,
     channel_shares,
+    channel_spec,
+    default_channels,
+    default_k,
     get_channel,
     mix,
     register,
+    registered_channels,
     registered_names,
+    unregister,
 )
 from dualrec.config import use_channel_registry
 
 # config validates retrieval.channels / retrieval.k against this registry at load time
 use_channel_registry(registered_names)
 
-__all__ = ["REGISTRY", "Channel", "channel_names", "channel_shares", "get_channel", "mix", "register", "registered_names"]
+__all__ = [
+    "REGISTRY", "Channel", "ChannelContext", "ChannelSpec", "channel_k", "channel_names", "channel_shares",
+    "channel_spec", "default_channels", "default_k", "get_channel", "mix", "register", "registered_channels",
+    "registered_names", "unregister",
+]

@@ -1,8 +1,21 @@
-"""The one retrieval-channel interface, the channel registry and the mixer (paper 3.2, Eq. 5/8).
+"""The one retrieval-channel interface, the declarative channel registry and the mixer (paper 3.2, Eq. 5/8).
 
-A channel turns the day's new items into (item_id, user_id, score) candidates. Adding a channel
-means adding a module with a :class:`Channel` subclass and one entry in :data:`REGISTRY`; the
-retrieve job, the mixer and the metrics pick it up by name from ``cfg.retrieval.channels``.
+A channel turns the day's new items into (item_id, user_id, score) candidates. A channel is one
+module: it defines a :class:`Channel` subclass and a module-level ``CHANNEL = ChannelSpec(...)``
+declaring its name, default K, whether it is enabled by default, the day-D tables and the
+artefacts it reads, and (optionally) a trainer run by the stage that produces its artefact.
+Everything else is derived from the registry:
+
+- the enabled channels and their K (:func:`channel_names`, :meth:`Channel.k`): the config holds
+  only overrides (``retrieval.channels`` None = the registry's enabled channels, ``retrieval.k``
+  per-channel overrides);
+- the ``candidates`` score columns (``score_<name>``, accepted by pattern by the contract);
+- the retrieve stage's channel inputs (:func:`check_channel_inputs`);
+- the channel lists of ``evaluate`` and the report (they read channel names from the data).
+
+Modules of this package are discovered on first use (:func:`registered_channels`); a plugin or a
+test adds one with :func:`register`. Discovery imports the channel modules, so they import only
+light modules at top level (torch, FAISS and Spark are imported where they are used).
 
 Point in time: ``items_df`` carries each item's micro-batch (``batch``); a channel may use only
 data strictly before that batch's cutoff (:func:`with_cutoff` adds the cutoff column).
@@ -11,25 +24,75 @@ data strictly before that batch's cutoff (:func:`with_cutoff` adds the cutoff co
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import importlib
 import logging
-from typing import Any
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dualrec.lake import LakeError
 
 log = logging.getLogger(__name__)
 
-REGISTRY: dict[str, str] = {
-    "two_tower": "dualrec.channels.two_tower:TwoTowerChannel",
-    "i2i2u": "dualrec.channels.i2i2u:I2I2UChannel",
-    "i2u2u": "dualrec.channels.i2u2u:I2U2UChannel",
-}
-"""Channel name -> "module:Class". A new channel = a new module + one entry here."""
+
+class ChannelContext(Protocol):
+    """What a channel needs from its caller (the retrieve stage's context satisfies it).
+
+    Defined here so channels never import the stage layer."""
+
+    lake: Any
+    day: dt.date
+    cfg: Any
+
+    @property
+    def spark(self) -> Any: ...
+
+    def seed(self, step: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Declaration of one retrieval channel.
+
+    ``factory`` builds the :class:`Channel` (a class, or "module:Class"); ``tables`` are the
+    day-D partitions it reads (checked before the retrieve stage does any work); ``artifacts``
+    the ``_models/<name>`` it loads; ``trainer`` ("module:function", ``fn(ctx) -> dict``) is run
+    by the stage ``trained_in`` when the channel is enabled; ``order`` sorts the default list.
+    """
+
+    name: str
+    factory: Any
+    k: int
+    enabled: bool = True
+    tables: tuple[str, ...] = ()
+    artifacts: tuple[str, ...] = ()
+    trainer: str | None = None
+    trained_in: str | None = None
+    order: int = 100
+    doc: str = ""
+
+    @property
+    def score_column(self) -> str:
+        return f"score_{self.name}"
+
+    def build(self) -> "Channel":
+        f = self.factory
+        if isinstance(f, str):
+            mod, cls = f.split(":")
+            f = getattr(importlib.import_module(mod), cls)
+        obj = f()
+        if obj.name != self.name:
+            raise ValueError(f"channel {f} has name {obj.name!r}, registered as {self.name!r}")
+        return obj
 
 
 class Channel(abc.ABC):
     """A retrieval channel: finds up to K users for each new item.
 
-    ``retrieve(ctx, items_df)``: ``ctx`` is a :class:`jobs.common.StageContext` (lake, day, cfg,
-    spark); ``items_df`` has the day's items (columns of the ``items`` table plus ``batch``).
+    ``retrieve(ctx, items_df)``: ``ctx`` is a :class:`ChannelContext` (lake, day, cfg, spark);
+    ``items_df`` has the day's items (columns of the ``items`` table plus ``batch``).
     Returns a Spark DataFrame (item_id long, user_id long, score float), at most K rows per item,
     unique (item_id, user_id), only users of the available set.
     """
@@ -37,48 +100,150 @@ class Channel(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def retrieve(self, ctx: Any, items_df: Any) -> Any:  # pragma: no cover - interface
+    def retrieve(self, ctx: ChannelContext, items_df: Any) -> Any:  # pragma: no cover - interface
         ...
 
     def k(self, cfg) -> int:
-        return int(cfg.retrieval.k[self.name])
+        return channel_k(cfg, self.name)
 
 
-def register(name: str, target: str) -> None:
-    """Register a channel at runtime ("module:Class"), e.g. from a plugin or a test."""
-    REGISTRY[name] = target
+# ---------------------------------------------------------------------- the registry
+_REGISTRY: dict[str, ChannelSpec] = {}
+_DISCOVERED = False
+
+
+def _discover() -> None:
+    """Import every module of this package once and collect its ``CHANNEL`` declaration."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    import dualrec.channels as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if m.name.startswith("_") or m.name == "base":
+            continue
+        spec = getattr(importlib.import_module(f"{pkg.__name__}.{m.name}"), "CHANNEL", None)
+        if isinstance(spec, ChannelSpec):
+            _REGISTRY.setdefault(spec.name, spec)
+
+
+def register(spec: ChannelSpec | str, target: str | None = None, **kw: Any) -> ChannelSpec:
+    """Register a channel at runtime (a plugin, a test): a :class:`ChannelSpec`, or a name plus
+    "module:Class" (then ``k`` defaults to 100 and the channel is not enabled by default)."""
+    _discover()
+    if not isinstance(spec, ChannelSpec):
+        spec = ChannelSpec(name=spec, factory=target, **{"k": 100, "enabled": False, **kw})
+    if not spec.name.isidentifier() or spec.name != spec.name.lower():
+        raise ValueError(f"channel name {spec.name!r} must be a lower-case identifier (it names a column)")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a runtime registration (tests)."""
+    _REGISTRY.pop(name, None)
+
+
+def registered_channels() -> dict[str, ChannelSpec]:
+    """Every registered channel, name -> spec, in default order (imports no heavy module)."""
+    _discover()
+    return {s.name: s for s in sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))}
 
 
 def registered_names() -> list[str]:
-    """Names of every registered channel, sorted, without importing any channel module.
+    """Names of every registered channel, sorted."""
+    return sorted(registered_channels())
 
-    :mod:`dualrec.config` validates ``retrieval.channels`` and ``retrieval.k`` against this at
-    load time, so this package's ``__init__`` and this module must stay free of imports of
-    channel modules and of :mod:`dualrec.config`.
-    """
-    return sorted(REGISTRY)
+
+def channel_spec(name: str) -> ChannelSpec:
+    specs = registered_channels()
+    try:
+        return specs[name]
+    except KeyError:
+        raise ValueError(f"unknown retrieval channel {name!r}; registered: {', '.join(sorted(specs))}") from None
+
+
+def default_channels() -> list[str]:
+    """The channels enabled by default, in registry order (``retrieval.channels`` when unset)."""
+    return [n for n, s in registered_channels().items() if s.enabled]
+
+
+def default_k() -> dict[str, int]:
+    """Default K of every registered channel."""
+    return {n: s.k for n, s in registered_channels().items()}
+
+
+REGISTRY = _REGISTRY
+"""Name -> :class:`ChannelSpec` (filled on first use; prefer :func:`registered_channels`)."""
 
 
 def get_channel(name: str) -> Channel:
     """Instantiate a registered channel by name."""
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown retrieval channel {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
-    mod, cls = target.split(":")
-    obj = getattr(importlib.import_module(mod), cls)()
-    if obj.name != name:
-        raise ValueError(f"channel class {target} has name {obj.name!r}, registered as {name!r}")
-    return obj
+    return channel_spec(name).build()
 
 
 def channel_names(cfg) -> list[str]:
-    """The enabled channels, in configuration order (all must be registered)."""
-    names = list(cfg.retrieval.channels)
-    unknown = [n for n in names if n not in REGISTRY]
+    """The enabled channels: ``retrieval.channels`` or the registry's defaults (all must be registered)."""
+    names = cfg.retrieval.channels
+    names = default_channels() if names is None else list(names)
+    known = registered_channels()
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"retrieval.channels has unregistered channel(s): {', '.join(unknown)}")
+        raise ValueError(
+            f"retrieval.channels has unregistered channel(s): {', '.join(unknown)}; registered: {', '.join(known)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"retrieval.channels lists a channel twice: {names}")
     return names
+
+
+def channel_k(cfg, name: str) -> int:
+    """K of a channel: ``retrieval.k[name]`` when configured, else the channel's declared default."""
+    over = (cfg.retrieval.k or {}).get(name)
+    k = int(over) if over is not None else channel_spec(name).k
+    if k < 1:
+        raise ValueError(f"retrieval.k.{name} must be >= 1, got {k}")
+    return k
+
+
+def channel_tables(names: list[str]) -> tuple[str, ...]:
+    """Day-D tables the given channels read (derived inputs of the retrieve stage)."""
+    out: list[str] = []
+    for n in names:
+        out += [t for t in channel_spec(n).tables if t not in out]
+    return tuple(out)
+
+
+def check_channel_inputs(lake, day: dt.date, names: list[str], producer: Callable[[str], str | None] | None = None) -> None:
+    """Fail before any work when an enabled channel's table or artefact for ``day`` is missing."""
+    for n in names:
+        spec = channel_spec(n)
+        for t in spec.tables:
+            if not lake.has_partition(t, day):
+                by = producer(t) if producer else None
+                hint = f"; run stage {by!r} for {day} first" if by else ""
+                raise LakeError(
+                    f"table {t!r}: partition dt={day} is missing at {lake.uri(lake.partition_rel(t, day))} "
+                    f"(needed by retrieval channel {n!r}){hint}"
+                )
+        for a in spec.artifacts:
+            if not lake.is_complete(lake.model_rel(a, day)):
+                raise LakeError(
+                    f"artefact {a!r} for dt={day} is missing at {lake.uri(lake.model_rel(a, day))} "
+                    f"(needed by retrieval channel {n!r})"
+                )
+
+
+def trainers_for(stage: str, names: list[str]) -> list[tuple[str, Callable[[Any], dict]]]:
+    """(channel, trainer) of the enabled channels whose artefact the stage ``stage`` produces."""
+    out = []
+    for n in names:
+        s = channel_spec(n)
+        if s.trainer and s.trained_in == stage:
+            mod, fn = s.trainer.split(":")
+            out.append((n, getattr(importlib.import_module(mod), fn)))
+    return out
 
 
 # ---------------------------------------------------------------------- shared Spark helpers
@@ -130,12 +295,9 @@ def top_k_per_item(scored, k: int):
 
 # ---------------------------------------------------------------------- mixer
 def score_columns(channels: list[str]) -> list[str]:
-    """``score_<channel>`` for the enabled channels plus those the candidates contract names."""
-    from schemas.tables import table_spec
-
-    contract = [c for c in table_spec("candidates").names if c.startswith("score_")]
-    extra = [f"score_{c}" for c in channels if f"score_{c}" not in contract]
-    return contract + extra
+    """``score_<channel>`` of the given channels, in order (the candidates contract accepts any
+    ``score_<name>`` float column, so a new channel needs no contract edit)."""
+    return [f"score_{c}" for c in channels]
 
 
 def mix(

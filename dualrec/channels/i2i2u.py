@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from dualrec.channels.base import Channel, available_users, top_k_per_item, with_cutoff
+from dualrec.channels.base import Channel, ChannelSpec, available_users, top_k_per_item, with_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +50,9 @@ class I2I2UChannel(Channel):
             available_users(ctx),
             self.k(ctx.cfg),
         )
+
+
+CHANNEL = ChannelSpec(
+    name="i2i2u", factory=I2I2UChannel, k=500, enabled=True, tables=("item_similar", "item_positive_users"), order=1,
+    doc="positive users of content-similar items (paper Eq. 5)",
+)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from dualrec.channels.base import Channel, available_users, top_k_per_item, with_cutoff
+from dualrec.channels.base import Channel, ChannelSpec, available_users, top_k_per_item, with_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +79,9 @@ class I2U2UChannel(Channel):
             seeds = seeds.unionByName(creator_seeds(items, recent, pos, cfg.retrieval.i2u2u_creator_seed_weight))
         return i2u2u_scores(seeds, lake.read_df(ctx.spark, "user_similar", [day], with_dt=False),
                             available_users(ctx), self.k(cfg))
+
+
+CHANNEL = ChannelSpec(
+    name="i2u2u", factory=I2U2UChannel, k=300, enabled=True, tables=("item_positive_users", "user_similar"), order=2,
+    doc="users similar to the item's positive users (paper Eq. 5)",
+)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from dualrec.channels.base import Channel
+from dualrec.channels.base import Channel, ChannelSpec
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +126,9 @@ class TwoTowerChannel(Channel):
         r = ctx.cfg.retrieval
         return two_tower_candidates(ctx.spark, items_df, model, index, self.k(ctx.cfg), r.two_tower_driver_max_items,
                                     r.search_batch)
+
+
+CHANNEL = ChannelSpec(
+    name="two_tower", factory=TwoTowerChannel, k=1000, enabled=True, artifacts=("two_tower", "user_index"), order=0,
+    doc="Top over available users of e_u . e_i (paper Eq. 8)",
+)

@@ -34,6 +34,7 @@ import pyarrow.dataset as pads
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from dualrec.channels.base import channel_names
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.evaluation import baselines as B
 from dualrec.evaluation.figures import (
@@ -377,6 +378,7 @@ def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[
     if lake.has_partition("candidates", inp.day) and sample.size:
         ct = _read(lake, "candidates", inp.day, ["item_id", "user_id", "channels"], pads.field("item_id").isin(pa.array(sample)))
         cand = _candidates_long(ct)
+        chans = list(dict.fromkeys([*chans, *pd.unique(cand["channel"])]))
     score_fn = truth_scorer(lake, inp.day + dt.timedelta(days=1)) if inp.scores is not None else None
     q, retrieval = quality_figures(
         score_fn, sample, inp.match, available, popularity, _ids(inp.scores) if inp.scores is not None else None,
@@ -464,7 +466,7 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
                ("user_match_sets", day), ("available_users", day), ("visits", day), ("visits", nxt), ("interactions", nxt)]}
     inp = load_day(lake, day)
     share, _ = channel_shares(inp.match_t.column("channels")) if inp.match_t is not None else ({}, {})
-    chans = list(dict.fromkeys([*cfg.retrieval.channels, *share]))
+    chans = list(dict.fromkeys([*channel_names(cfg), *share]))  # configured channels, then any in the data
     quality, retrieval = quality_section(lake, inp, cfg, chans, rng, horizon_days)
     result = {
         "date": day.isoformat(),

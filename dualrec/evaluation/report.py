@@ -51,6 +51,16 @@ TREND_SERIES: dict[str, list[str]] = {
 }
 
 
+def trend_series(history: dict[dt.date, dict]) -> dict[str, list[str]]:
+    """:data:`TREND_SERIES` with one truth-recall series per channel found in the metrics (the
+    channel list comes from the data, so a new channel shows up without an edit here)."""
+    chans = list(dict.fromkeys(c for m in history.values() for c in (_g(m, "retrieval.truth_recall") or {})))
+    out = dict(TREND_SERIES)
+    if chans:
+        out["Truth recall of retrieval"] = [f"retrieval.truth_recall.{c}" for c in chans]
+    return out
+
+
 def _lake(lake: Lake | str) -> Lake:
     return lake if isinstance(lake, Lake) else Lake(str(lake))
 
@@ -438,7 +448,7 @@ def write_trend(lake: Lake | str) -> str:
     history = load_history(lake)
     images = []
     with lake.publish_dir(f"{REPORTS}/trend") as staging:
-        for i, (title, paths) in enumerate(TREND_SERIES.items()):
+        for i, (title, paths) in enumerate(trend_series(history).items()):
             fname = f"trend_{i}.png"
             _write_bytes(lake, posixpath.join(staging, fname), _png(plot_trend(history, title, paths)))
             images.append((f"trend/{fname}", title))

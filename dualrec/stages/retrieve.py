@@ -2,8 +2,10 @@
 
 Reads ``items`` dt=D (micro-batch of each item from its upload time), ``activity_scores`` dt=D
 (available users), ``interactions`` dt=D (pairs already seen before the item's batch cutoff are
-dropped, ``retrieval.exclude_seen``) and whatever each channel needs; writes ``candidates`` dt=D
-with one row per (item, user), each channel's score and the list of channels that found the pair.
+dropped, ``retrieval.exclude_seen``) and what each enabled channel declares in its
+:class:`~dualrec.channels.base.ChannelSpec` (checked here before any work, since the stage's
+channel inputs depend on the configured channels); writes ``candidates`` dt=D with one row per
+(item, user), a ``score_<channel>`` column per channel and the list of channels that found the pair.
 """
 
 from __future__ import annotations
@@ -11,6 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from dualrec.channels.base import (
+    available_users,
+    channel_names,
+    channel_shares,
+    check_channel_inputs,
+    get_channel,
+    mix,
+    seen_pairs,
+)
+from dualrec.registry import table_producer
 from dualrec.stages.base import StageContext
 
 log = logging.getLogger("dualrec.retrieve")
@@ -39,9 +51,8 @@ def run(ctx: StageContext) -> dict:
 
     from pyspark.sql import functions as F
 
-    from dualrec.channels.base import available_users, channel_names, channel_shares, get_channel, mix, seen_pairs
-
     names = channel_names(ctx.cfg)
+    check_channel_inputs(ctx.lake, ctx.day, names, table_producer)
     items = day_items(ctx).cache()
     avail = available_users(ctx).cache()
     outs, seconds = {}, {}

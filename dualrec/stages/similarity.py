@@ -17,6 +17,7 @@ import logging
 
 import numpy as np
 
+from dualrec.channels.base import channel_names, trainers_for  # noqa: E402
 from dualrec.lake import Lake, date_range  # noqa: E402
 from dualrec.similarity import (
     item_positive_users,
@@ -110,7 +111,9 @@ def run(ctx: StageContext) -> dict:
     qvecs, _ = emb_matrix(emb.column("emb"), user_index.dim)
     su = similar_users(user_index, qids, qvecs, scfg.user_k)
     lake.write_table("user_similar", day, su)
+    trained = {f"{n}_training": train(ctx) for n, train in trainers_for(NAME, channel_names(ctx.cfg))}
     return {
+        **trained,
         "window_items": int(len(ids)),
         "day_items": int(is_day.sum()),
         "item_index_kind": index.meta.get("kind"),

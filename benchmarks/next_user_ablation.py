@@ -1,0 +1,292 @@
+"""Next-user retrieval ablation (paper Table 1) on a held-out day of a synthetic world.
+
+For the items uploaded on D (never trained on: the model trains on items uploaded in
+[D-W, D-1]), each method retrieves the top-K available users (the FAISS user index of D):
+
+- next_user and its ablations (w/o prefix prompts, half the sequence length, w/o [CLS],
+  w/o causal mask), each trained from scratch with the same seed and budget;
+- the sum-pooled lookalike (paper variant 1): sum of the two-tower embeddings of the item's
+  positive users before its cutoff;
+- i2u2u (the existing lookalike channel, paper Eq. 5), and two_tower as a reference.
+
+Every method sees only positives before the item's batch cutoff. Columns: Recall@20/@50 of the
+item's true best users (|top-K ∩ true top-K available users| / K, truth = expected creator-visible
+feedback on D+1, dualrec/synth/truth.py) and of its logged D+1 positives (|top-K ∩ P| / |P| over
+items with a D+1 positive from an available user), also split by whether the item had a positive
+before its cutoff.
+
+    python benchmarks/next_user_ablation.py --lake /work/worlds/channels_small/lake --date 2026-02-07 \\
+        --world-from /work/worlds/small_seed11_2026-01-01_39d/lake --json /tmp/nu_ablation.json
+
+Missing day-D prerequisites (activity_scores, user_embeddings, user_index, item_positive_users,
+user_similar) are built by running the stages activity, two_tower and similarity first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig  # noqa: E402
+from dualrec.lake import Lake, parse_date  # noqa: E402
+
+log = logging.getLogger("next_user_ablation")
+
+PAPER_TABLE1 = {  # Douyin, relative to Next-User Retrieval (0.4100 / 0.5859)
+    "next_user": (0.4100, 0.5859),
+    "w/o prefix prompts": (-0.1415, -0.1130),
+    "half sequence length": (-0.0433, -0.0198),
+    "w/o [CLS]": (-0.0003, -0.0013),
+    "w/o causal mask": (-0.0052, -0.0022),
+    "sum-pooled lookalike": (-0.2720, -0.2211),
+    "i2u2u": (None, None),
+}
+VARIANTS = {
+    "next_user": {},
+    "w/o prefix prompts": {"prefix_prompts": False},
+    "half sequence length": {"max_seq": 25},
+    "w/o [CLS]": {"cls_token": False},
+    "w/o causal mask": {"causal": False},
+}
+
+
+def ensure_prereqs(lake: Lake, day: dt.date, world_from: str | None) -> None:
+    """Hard-link the world's input tables in when the lake is empty; run missing stages."""
+    if not lake.exists("items") and world_from:
+        subprocess.run(["cp", "-al", world_from.rstrip("/") + "/.", lake.root], check=True)
+    need = {"activity": lake.has_partition("activity_scores", day),
+            "two_tower": lake.is_complete(lake.model_rel("user_index", day)),
+            "similarity": lake.has_partition("user_similar", day)}
+    todo = [s for s, ok in need.items() if not ok]
+    if todo:
+        from dualrec.stages.base import StageContext, run_stage
+
+        ctx = StageContext(lake, day, bench_cfg())
+        for st in ("activity", "two_tower", "similarity"):
+            if st in todo or (st == "similarity" and "two_tower" in todo):
+                log.info("building prerequisite stage %s for %s", st, day)
+                run_stage(st, None, ctx)
+
+
+def bench_cfg(seed: int = 0, **nu) -> DualRecConfig:
+    return DualRecConfig.from_dict({"seed": seed, "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "4g"},
+                                    "next_user": nu})
+
+
+def recall_tables(found: dict[int, np.ndarray], items: np.ndarray, true_top: dict[int, np.ndarray],
+                  positives: dict[int, set], ks: tuple[int, ...]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in ks:
+        tr = [len(set(found.get(int(i), np.zeros(0))[:k].tolist()) & set(true_top[int(i)][:k].tolist())) / k for i in items]
+        out[f"truth@{k}"] = float(np.mean(tr)) if tr else None
+        lg = [len(set(found.get(int(i), np.zeros(0))[:k].tolist()) & positives[int(i)]) / len(positives[int(i)])
+              for i in items if positives.get(int(i))]
+        out[f"logged@{k}"] = float(np.mean(lg)) if lg else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lake", required=True)
+    ap.add_argument("--date", required=True, help="held-out day D (its uploads are evaluated; D+1 must exist)")
+    ap.add_argument("--world-from", help="lake whose input tables are hard-linked in when --lake is empty")
+    ap.add_argument("--epochs", type=int, default=None, help="override next_user.epochs")
+    ap.add_argument("--samples-per-item", type=int, default=None)
+    ap.add_argument("--max-train-items", type=int, default=None)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of next_user variants to train")
+    ap.add_argument("--seed", type=int, default=0, help="config seed (training seeds derive from it)")
+    ap.add_argument("--with-without", action="store_true",
+                    help="instead: run retrieve, rank, dispatch and evaluate for D without and with the next_user channel")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    from dualrec.channels.base import with_cutoff
+    from dualrec.channels.i2u2u import i2u2u_scores, item_seeds
+    from dualrec.channels.next_user import item_arrays, positive_sequences, training_inputs, user_table
+    from dualrec.channels.two_tower import search_candidates
+    from dualrec.stages.base import StageContext
+    from dualrec.synth.truth import Truth
+    from models.ann import load_index
+    from models.next_user import generate, sum_pool
+    from models.two_tower import item_embeddings, load_two_tower
+
+    lake, day = Lake(args.lake), parse_date(args.date)
+    nxt = day + dt.timedelta(days=1)
+    ensure_prereqs(lake, day, args.world_from)
+    if args.with_without:
+        out = with_without(lake, day, args.seed)
+        print(json.dumps(out, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        return 0
+    over = {k: v for k, v in {"epochs": args.epochs, "samples_per_item": args.samples_per_item,
+                              "max_train_items": args.max_train_items}.items() if v is not None}
+    cfg = bench_cfg(args.seed, **over)
+    ctx = StageContext(lake, day, cfg)
+    spark = ctx.spark
+    ks = (20, 50)
+    K = max(ks)
+    t_all = time.time()
+
+    # ------------------------------------------------------------------ the day's items and what each may see
+    from dualrec.stages.retrieve import day_items
+
+    items_df = with_cutoff(day_items(ctx), day, cfg.dispatch.batches_per_day).cache()
+    item_t = items_df.select("item_id", "creator_id", "category", "duration_ms", "content_emb").orderBy("item_id").toArrow()
+    ids = item_t.column("item_id").to_numpy()
+    pos_df = lake.read_df(spark, "item_positive_users", [day], with_dt=False)
+    seq_map = positive_sequences(pos_df, items_df, cfg.next_user.max_seq)
+    seqs = [seq_map.get(int(i), np.zeros(0, np.int64)) for i in ids]
+    has_pos = np.array([len(s) > 0 for s in seqs])
+    index = load_index(lake, "user_index", day)
+    avail = np.sort(index.ids)
+    log.info("D=%s: %d items (%d with a positive before their cutoff), %d available users", day, len(ids), int(has_pos.sum()), len(avail))
+
+    # ------------------------------------------------------------------ ground truth and logged positives
+    truth = Truth.load(lake.root)
+    true_top: dict[int, np.ndarray] = {}
+    for i in ids:
+        s = truth.expected_visible_feedback(avail, np.full(len(avail), i, np.int64), nxt)
+        true_top[int(i)] = avail[np.argsort(-s, kind="stable")[:K]]
+    inter = lake.read_table("interactions", nxt).to_pandas()
+    flag = np.zeros(len(inter), bool)
+    for f in EXPLICIT_FEEDBACKS:
+        flag |= inter[f"is_{f}"].to_numpy() > 0
+    inter = inter[flag & inter["item_id"].isin(ids) & inter["user_id"].isin(avail)]
+    positives = {int(i): set(g["user_id"].tolist()) for i, g in inter.groupby("item_id")}
+    log.info("truth top-%d computed; %d items have a logged D+1 positive from an available user", K, len(positives))
+
+    def topk(emb: np.ndarray, rows: np.ndarray | None = None) -> dict[int, np.ndarray]:
+        rows = np.arange(len(ids)) if rows is None else rows
+        t = search_candidates(ids[rows], emb[rows], index.search, K)
+        df = t.to_pandas().sort_values(["item_id", "score", "user_id"], ascending=[True, False, True])
+        return {int(i): g["user_id"].to_numpy() for i, g in df.groupby("item_id")}
+
+    results: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    users_all = user_table(lake.read_df(spark, "user_embeddings", [day], with_dt=False))
+
+    def record(name: str, found: dict[int, np.ndarray]) -> None:
+        results[name] = {"all": recall_tables(found, ids, true_top, positives, ks),
+                         "with_positive": recall_tables(found, ids[has_pos], true_top, positives, ks),
+                         "no_positive": recall_tables(found, ids[~has_pos], true_top, positives, ks),
+                         "items_with_candidates": int(sum(1 for i in ids if len(found.get(int(i), [])) > 0))}
+        log.info("%s: %s", name, results[name]["all"])
+
+    # ------------------------------------------------------------------ next_user variants
+    t0 = time.time()
+    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items"))
+    seconds["training_inputs"] = round(time.time() - t0, 1)
+    from dualrec.channels.next_user import fit
+
+    train_info = {}
+    for name in [v for v in args.variants.split(",") if v]:
+        t0 = time.time()
+        model, metrics = fit(train_in, cfg, ctx.seed("next_user.train"), None, lake.emb_dim(), **VARIANTS[name])
+        emb = generate(model, item_arrays(item_t, model.spec), [s[-model.spec.max_seq:] for s in seqs], users_all)
+        record(name, topk(emb))
+        seconds[name] = round(time.time() - t0, 1)
+        train_info[name] = {"train_items": metrics.get("items"), "epoch_loss": metrics.get("epoch_loss")}
+
+    # ------------------------------------------------------------------ baselines
+    t0 = time.time()
+    pooled, has = sum_pool(seqs, users_all, cfg.next_user.max_seq)
+    record("sum-pooled lookalike", topk(pooled, np.flatnonzero(has)))
+    seconds["sum-pooled lookalike"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    from pyspark.sql import functions as F
+
+    avail_df = spark.createDataFrame(pd.DataFrame({"user_id": avail}))
+    seeds = item_seeds(items_df, pos_df)
+    i2 = i2u2u_scores(seeds, lake.read_df(spark, "user_similar", [day], with_dt=False), avail_df, K).toPandas()
+    i2 = i2.sort_values(["item_id", "score", "user_id"], ascending=[True, False, True])
+    record("i2u2u", {int(i): g["user_id"].to_numpy() for i, g in i2.groupby("item_id")})
+    seconds["i2u2u"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    tt = load_two_tower(lake, day)
+    record("two_tower (reference)", topk(item_embeddings(tt, item_t)))
+    seconds["two_tower (reference)"] = round(time.time() - t0, 1)
+    del F
+
+    out = {
+        "lake": lake.root, "date": day.isoformat(), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
+        "available_users": int(len(avail)), "items_with_logged_positive": len(positives),
+        "next_user_config": {k: v for k, v in cfg.next_user.__dict__.items()},
+        "train_items": train_in["items"].num_rows if train_in["items"] is not None else 0,
+        "train_window": train_in["window"], "train": train_info, "results": results, "seconds": seconds,
+        "total_seconds": round(time.time() - t_all, 1), "paper_table1": PAPER_TABLE1,
+    }
+    print(markdown(out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def with_without(lake: Lake, day: dt.date, seed: int) -> dict:
+    """The day's pipeline after retrieval, without and with next_user (same ranker seed and caps)."""
+    from dualrec.channels import default_channels
+    from dualrec.channels.next_user import train
+    from dualrec.metrics import evaluate, get_path
+    from dualrec.stages.base import StageContext, run_stage
+
+    paths = ["retrieval.truth_recall", "dispatch.channel_share", "quality.expected_feedback", "quality.feedback_per_pair",
+             "quality.recall_at_l", "quality.truth_recall_dispatched", "dispatch.items_covered", "dispatch.items",
+             "retrieval.candidates_per_item"]
+    out: dict = {"date": day.isoformat()}
+    for label, chans in (("without", default_channels()), ("with", [*default_channels(), "next_user"])):
+        cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
+        ctx = StageContext(lake, day, cfg)
+        t0 = time.time()
+        if "next_user" in chans:  # what the similarity stage runs when the channel is enabled
+            out["next_user_training"] = train(ctx)
+        stages = {st: run_stage(st, None, ctx).get("seconds") for st in ("retrieve", "rank", "dispatch")}
+        m = evaluate(lake, day, cfg, spark=ctx.spark)
+        row = {}
+        for p in paths:
+            try:
+                row[p] = get_path(m, p)
+            except KeyError:
+                row[p] = "absent"
+        out[label] = {"channels": chans, "stage_seconds": stages, "seconds": round(time.time() - t0, 1), **row}
+        log.info("%s next_user: %s", label, out[label])
+    return out
+
+
+def markdown(out: dict) -> str:
+    base = out["results"].get("next_user", {}).get("all", {})
+    lines = ["| variant | truth R@20 | truth R@50 | logged R@20 | logged R@50 | truth R@50, items w/o positive | "
+             "rel. R@20 vs next_user (truth) | paper Table 1 R@20 / R@50 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in out["results"].items():
+        a = r["all"]
+        rel = (a["truth@20"] / base["truth@20"] - 1) if base.get("truth@20") and name != "next_user" else None
+        p = PAPER_TABLE1.get(name)
+        if p is None or p[0] is None:
+            ptxt = "n/a"
+        elif name == "next_user":
+            ptxt = f"{p[0]:.4f} / {p[1]:.4f}"
+        else:
+            ptxt = f"{p[0]:+.2%} / {p[1]:+.2%}"
+        f = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"| {name} | {f(a['truth@20'])} | {f(a['truth@50'])} | {f(a['logged@20'])} | {f(a['logged@50'])} | "
+                     f"{f(r['no_positive']['truth@50'])} | {'' if rel is None else f'{rel:+.1%}'} | {ptxt} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
