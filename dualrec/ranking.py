@@ -495,16 +495,13 @@ def score_in_spark(rows, model, batch_rows: int = 8192):
 
 
 # ---------------------------------------------------------------------- evaluation helpers
-def auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    """ROC AUC (ties averaged); None when only one class is present."""
-    return roc_auc(y, s)
 
 
 def auc_per_task(labels: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float | None]:
     out = {}
     for k, t in enumerate(TASKS):
         sel = slice(None) if mask is None else mask
-        out[t] = auc(labels[sel, k], scores[sel, k]) if len(labels[sel]) else None
+        out[t] = roc_auc(labels[sel, k], scores[sel, k]) if len(labels[sel]) else None
     return out
 
 
@@ -550,5 +547,5 @@ def ranking_auc(spark, lake, day, cfg, max_rows: int = 500_000) -> dict[str, flo
 
 __all__ = [
     "training_rows", "scoring_rows", "integrated_score", "integrated_score_np", "theta_expr", "theta_values",
-    "score_in_spark", "auc", "auc_per_task", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
+    "score_in_spark", "auc_per_task", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
 ]

@@ -10,10 +10,26 @@ import pyarrow as pa
 import pytest
 
 from dualrec.config import DualRecConfig
-from dualrec.ranking import auc, integrated_score, integrated_score_np, theta_expr, theta_values
+from dualrec.ranking import (
+    integrated_score,
+    integrated_score_np,
+    theta_expr,
+    theta_values,
+)
+from dualrec.stats import roc_auc as auc
 from models.ranker import (
-    ITEM_ID_POS, TASKS, RankerSpec, augment, featurize, input_columns, labels_of, load_ranker, new_model, predict,
-    save_ranker, train_ranker,
+    ITEM_ID_POS,
+    TASKS,
+    RankerSpec,
+    augment,
+    featurize,
+    input_columns,
+    labels_of,
+    load_ranker,
+    new_model,
+    predict,
+    save_ranker,
+    train_ranker,
 )
 
 SPEC = RankerSpec(profile_dim=4, id_buckets=256, cat_buckets=8, emb_dim=4, hidden=16)

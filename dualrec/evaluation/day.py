@@ -48,13 +48,13 @@ from dualrec.evaluation.figures import (
     feedback_figures,
     jf,
     logged_recall,
-    roc_auc,
     truth_recall,
 )
 from dualrec.lake import Lake, parse_date
 from dualrec.ranking import ranking_auc
 from dualrec.registry import headline_outputs
 from dualrec.spark import get_spark
+from dualrec.stats import roc_auc
 from dualrec.synth.truth import load_cached
 from schemas.tables import RANK_TASKS, arrow_schema
 
@@ -404,7 +404,7 @@ def ranking_section(spark_get: Callable[[], Any], lake: Lake, day: dt.date, cfg:
         if r is not None and r.num_rows:
             j = r.join(inter.select(["item_id", "user_id", *[f"is_{t}" for t in RANK_TASKS]]), ["item_id", "user_id"], join_type="inner")
             for t in RANK_TASKS:
-                out["auc_logged"][t] = roc_auc(j.column(f"s_{t}").to_numpy(), j.column(f"is_{t}").to_numpy() > 0)
+                out["auc_logged"][t] = roc_auc(j.column(f"is_{t}").to_numpy() > 0, j.column(f"s_{t}").to_numpy())
             out["logged_pairs"] = int(j.num_rows)
     return out
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualrec.dispatch import fair_share
-from dualrec.stats import roc_auc as stats_roc_auc
+from dualrec.stats import roc_auc
 
 PAPER_CHANNEL_SHARE = {"two_tower": 0.587, "i2i2u": 0.385, "i2u2u": 0.0279}
 """Paper Table 3: exposure ratio of the retrieval channels in the deployed system."""
@@ -34,9 +34,6 @@ def jf(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """AUC (scores first); None when a class is missing."""
-    return jf(stats_roc_auc(labels, scores))
 
 
 def reliability_curve(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -91,11 +88,11 @@ def activity_figures(
     user_ids = np.asarray(user_ids, dtype=np.int64)
     y = np.isin(user_ids, active_next)
     if user_ids.size:
-        out["auc"] = roc_auc(p_active, y)
+        out["auc"] = roc_auc(y, p_active)
         out["hit_rate_all_users"] = jf(y.mean())
         out["calibration"] = reliability_curve(p_active, y, bins)
         if active_today is not None:
-            out["auc_baseline_last_day"] = roc_auc(np.isin(user_ids, active_today).astype(np.float64), y)
+            out["auc_baseline_last_day"] = roc_auc(y, np.isin(user_ids, active_today).astype(np.float64))
         av = np.asarray(available, dtype=bool)
         if av.any():
             out["hit_rate_available"] = jf(y[av].mean())
