@@ -362,8 +362,10 @@ def test_stage_fails_clearly_without_activity_scores(spark, tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "w" / "activity_scores" / f"dt={START.isoformat()}")
+    from dualrec.stages.base import run_stage
+
     with pytest.raises(LakeError, match="activity_scores"):
-        job.run(_ctx(lake, START, spark))
+        run_stage("two_tower", job.run, _ctx(lake, START, spark))
     assert not lake.has_partition("user_embeddings", START)  # checked up front: nothing published
     assert lake.model_days("user_index") == [] and lake.model_days("two_tower") == []
 
