@@ -16,6 +16,7 @@ from dualrec.evaluation import evaluate
 from dualrec.evaluation.report import write_report, write_trend
 from dualrec.lake import Lake, parse_date
 from dualrec.pipeline import backfill
+from dualrec.progress import Progress, as_progress
 from dualrec.synth import generate
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,11 @@ def run_demo(
     run_days: int = 2,
     seed: int = 7,
     cfg: DualRecConfig | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | Callable[[str], None] | None = None,
 ) -> dict:
-
-    say = progress or (lambda m: log.info("%s", m))
+    """Synthesise (once), run ``run_days`` days, evaluate the last; returns report path and metrics."""
+    prog = as_progress(progress)
+    say = prog.message
     cfg = cfg or DualRecConfig(seed=seed)
     if run_days < 1 or synth_days < run_days + 2:
         raise ValueError("demo needs synth_days >= run_days + 2 (history before, logs after)")
@@ -45,7 +47,7 @@ def run_demo(
         say(f"world: {summary.get('users')} users, {summary.get('uploads_per_day')} uploads/day")
     run_end = last_synth - dt.timedelta(days=1)  # evaluation of D needs D+1's logs
     run_start = run_end - dt.timedelta(days=run_days - 1)
-    backfill(lake, run_start, run_end, cfg, progress=say)
+    backfill(lake, run_start, run_end, cfg, progress=prog)
     metrics = evaluate(lake, run_end, cfg)
     report = write_report(lake, run_end, metrics)
     write_trend(lake)

@@ -175,3 +175,14 @@ def test_partial_run_does_not_mark_an_unrun_day_complete(tiny_world):
     assert not is_day_done(lake, DAY)
     assert set(stage_timings(lake, DAY)) == {"activity"}
     assert os.path.exists(os.path.join(tiny_world, f"_logs/dt={DAY}/run.log"))
+
+
+@pytest.mark.slow
+def test_demo_runs_from_the_cli(tmp_path, capsys):
+    """The README's first command: a world, two days, a report (a cut-down demo: 2 stages' worth of days)."""
+    lake = tmp_path / "demo"
+    rc = cli.main(["demo", "--lake", str(lake), "--days", "6", "--run-days", "1", "--set", "two_tower.epochs=1",
+                   "--set", "rank.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "report:" in out and (lake / "_reports").exists()
