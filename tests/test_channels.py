@@ -402,8 +402,8 @@ def test_a_new_channel_module_reaches_candidates_evaluate_and_report(spark, tmp_
     from pyspark.sql import functions as F
 
     from dualrec.channels import register, unregister
-    from dualrec.metrics import evaluate, metrics_table
-    from dualrec.report import load_history, trend_series, write_report
+    from dualrec.evaluation import evaluate, metrics_table
+    from dualrec.evaluation.report import load_history, trend_series, write_report
     from dualrec.stages.base import run_stage
     from dualrec.synth import generate
     from schemas.tables import RANK_TASKS

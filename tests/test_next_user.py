@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -109,7 +108,7 @@ def _toy_world(n_items=240, seed=0):
 def test_training_learns_the_next_user_and_is_deterministic():
     users, cl, cats, content, seqs, negs = _toy_world(n_items=280)
     n = 240  # the last 40 items are new: never trained on, no positive user
-    cfg = dataclasses.replace(CFG, epochs=6, samples_per_item=2)
+    cfg = CFG.model_copy(update=dict(epochs=6, samples_per_item=2))
     spec = NextUserSpec.from_cfg(cfg, UD, CD)
     items = encode_items(np.arange(280), np.zeros(280), cats, np.full(280, 5000), content, spec)
     data = build_sequence_data({k: v[:n] for k, v in items.items()}, seqs[:n], negs[:n], users)
@@ -133,7 +132,7 @@ def test_training_learns_the_next_user_and_is_deterministic():
 @pytest.mark.parametrize("weights", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.5, 0.5), (0.0, 1.0, 1.0)])
 def test_each_loss_can_be_switched(weights):
     users, _, cats, content, seqs, negs = _toy_world(n_items=60)
-    cfg = dataclasses.replace(CFG, loss_contrastive=weights[0], loss_ce=weights[1], loss_aux=weights[2])
+    cfg = CFG.model_copy(update=dict(loss_contrastive=weights[0], loss_ce=weights[1], loss_aux=weights[2]))
     spec = NextUserSpec.from_cfg(cfg, UD, CD)
     data = build_sequence_data(encode_items(np.arange(60), np.zeros(60), cats, np.full(60, 5000), content, spec), seqs, negs, users)
     torch.manual_seed(0)
@@ -147,7 +146,7 @@ def test_auxiliary_targets_are_stop_gradient():
     the decoder output). With no user in the input, the UID table and the user projection enter
     the auxiliary loss only as its target, so they must get no gradient from it."""
     users, _, cats, content, seqs, negs = _toy_world(n_items=30)
-    cfg = dataclasses.replace(CFG, loss_contrastive=0.0, loss_ce=0.0, loss_aux=1.0)
+    cfg = CFG.model_copy(update=dict(loss_contrastive=0.0, loss_ce=0.0, loss_aux=1.0))
     spec = NextUserSpec.from_cfg(cfg, UD, CD)
     data = build_sequence_data(encode_items(np.arange(30), np.zeros(30), cats, np.full(30, 5000), content, spec), seqs, negs, users)
     m = _model()
