@@ -521,3 +521,12 @@ def test_optimal_covers_as_many_items_as_any_assignment_can():
         mask, _ = dispatch_day_arrays(np.zeros(len(g), int), it, us, g, it, np.arange(nu), L, Q, "optimal")
         best = assign_arrays(it, us, np.full(len(g), 1e-6), it, Q, L, "flow", floor=1, cover_bonus=1e6)
         assert len(set(it[mask])) == len(set(it[best]))
+
+
+@pytest.mark.parametrize("g", [2.22507386e-311, 1e-300, 5e-324, 1e300])
+def test_flow_kernel_takes_extreme_scores(g):
+    """Scores are scaled to integer costs; a subnormal or huge max |g| must not overflow the scale."""
+    from dualrec.dispatch.kernels import flow_kernel
+
+    chosen = flow_kernel(np.array([0]), 1, np.array([0]), np.array([g]), np.array([1]), np.array([1]))
+    assert chosen.tolist() == [True]

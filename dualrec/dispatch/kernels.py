@@ -179,8 +179,8 @@ def flow_kernel(
         return chosen
     n_users = len(cap_u)
     top = float(np.max(np.abs(g))) or 1.0
-    scale = _COST_SCALE / top
-    w = np.rint(np.asarray(g, dtype=np.float64) * scale).astype(np.int64)
+    # divide first: _COST_SCALE / top overflows to inf for a subnormal top (hypothesis found 2.2e-311)
+    w = np.rint(np.asarray(g, dtype=np.float64) / top * _COST_SCALE).astype(np.int64)
     cap_items = np.minimum(np.asarray(cap_items, dtype=np.int64), np.bincount(iidx, minlength=n_items))
     src, sink = 0, 1
     item_node = 2 + np.arange(n_items, dtype=np.int64)
