@@ -213,15 +213,22 @@ def truth_ranked(lake_root: str, day: dt.date, n_avail: int, n_cands: int, pool:
     return pa.table({k: np.concatenate(v) for k, v in cols.items()}), avail
 
 
+def _pipeline_day(lake, day: dt.date):
+    """(ranked, activity_scores, sorted available user ids) of a day the pipeline ran, else None."""
+    if not (lake.has_partition("ranked", day) and lake.has_partition("activity_scores", day)):
+        return None
+    r = lake.read_table("ranked", day, ["batch", "item_id", "user_id", "g"])
+    a = lake.read_table("activity_scores", day)
+    return r, a, np.sort(a.filter(a.column("available")).column("user_id").to_numpy())
+
+
 def cmd_figure9(args) -> dict:
     from dualrec.lake import Lake
 
     day = dt.date.fromisoformat(args.date)
     lake = Lake(args.lake)
-    if lake.has_partition("ranked", day) and lake.has_partition("activity_scores", day):
-        r = lake.read_table("ranked", day, ["batch", "item_id", "user_id", "g"])
-        a = lake.read_table("activity_scores", day)
-        avail = np.sort(a.filter(a.column("available")).column("user_id").to_numpy())
+    if (run := _pipeline_day(lake, day)) is not None:
+        r, a, avail = run
         source = "ranked + activity_scores tables of the lake"
     else:
         r, avail = truth_ranked(args.lake, day, args.available, args.cands, args.pool, args.seed)
@@ -260,10 +267,8 @@ def cmd_policies(args) -> list[dict]:
 
     day = dt.date.fromisoformat(args.date)
     lake = Lake(args.lake)
-    if lake.has_partition("ranked", day) and lake.has_partition("activity_scores", day):
-        r = lake.read_table("ranked", day, ["batch", "item_id", "user_id", "g"])
-        a = lake.read_table("activity_scores", day)
-        avail = np.sort(a.filter(a.column("available")).column("user_id").to_numpy())
+    if (run := _pipeline_day(lake, day)) is not None:
+        r, a, avail = run
         p_of = pd.Series(a.column("p_active").to_numpy(), index=a.column("user_id").to_numpy())
         source = "the lake's ranked + activity_scores (a pipeline run)"
     else:

@@ -15,6 +15,7 @@ from dualrec.ingest import IngestError, ingest
 from dualrec.ingest.movielens import GENRES
 from dualrec.lake import Lake
 from schemas.tables import INPUT_TABLES
+from test_ingest import _all_valid  # one lake-wide validity check for both adapters' tests
 
 FIX = Path(__file__).parent / "fixtures"
 UTC = dt.timezone.utc
@@ -33,15 +34,6 @@ def _atomic(path: Path, header: str, rows: list[tuple]) -> Path:
 def _df(lake: Lake, table: str) -> pd.DataFrame:
     return lake.read_tables(table, lake.partitions(table)).to_pandas()
 
-
-def _all_valid(lake: Lake) -> int:
-    n = 0
-    for t in INPUT_TABLES:
-        for d in lake.partitions(t):
-            rep = lake.validate_dir(t, d)
-            assert rep.ok, str(rep)
-            n += 1
-    return n
 
 
 D1, D2 = _unix(2020, 3, 1, 10), _unix(2020, 3, 2, 5)
