@@ -7,22 +7,18 @@ code runs from the CLI, from ``spark-submit jobs/<stage>.py`` and from Airflow.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+from typing import Callable
 
-import numpy as np
 import yaml
 
 from dualrec.config import config_json_schema
-from dualrec.demo import run_demo
-from dualrec.ingest import add_subcommand as add_ingest
+from dualrec.ingest import KINDS
 from dualrec.lake import parse_date
-from dualrec.evaluation import evaluate
-from dualrec.pipeline import backfill, run_day, stages_from
-from dualrec.progress import Progress
 from dualrec.registry import STAGES
-from dualrec.evaluation.report import write_report
 from dualrec.synth import generate
 from jobs.common import (
     EXIT_BAD_INPUT,
@@ -30,11 +26,11 @@ from jobs.common import (
     UsageError,
     exit_code,
     iso_date,
-    load_config,
     open_lake,
     setup_logging,
     verbose_parent,
 )
+from jobs.output import config_of, format_summary
 from schemas.tables import TABLES
 
 log = logging.getLogger("dualrec")
@@ -42,25 +38,10 @@ log = logging.getLogger("dualrec")
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     summary = generate(args.lake, preset=args.preset, start=args.start, days=args.days, seed=args.seed)
-    print(json.dumps(summary, indent=2, default=str) if args.json else _format_summary(summary))
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
 
 
-def _format_summary(summary: dict, title: str = "synthetic world written:") -> str:
-    lines = [title]
-    for k, v in summary.items():
-        if isinstance(v, dict):
-            lines.append(f"  {k}:")
-            lines.extend(f"    {kk}: {_fmt(vv)}" for kk, vv in v.items())
-        else:
-            lines.append(f"  {k}: {_fmt(v)}")
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -87,56 +68,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if n_bad else 0
 
 
-def _config(args: argparse.Namespace):
-    return load_config(getattr(args, "config", None), getattr(args, "set", None))
-
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
     if args.json_schema:
         print(json.dumps(config_json_schema(), indent=2))
     elif args.json:
-        print(json.dumps(_config(args).to_dict(), indent=2))
+        print(json.dumps(config_of(args).to_dict(), indent=2))
     else:
-        print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(config_of(args).to_dict(), sort_keys=False), end="")
     return 0
 
 
-def _progress() -> Progress:
-    """A live display on a terminal, plain log lines otherwise (Airflow, CI, pipes)."""
-    return Progress(stream=sys.stderr)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    stages = stages_from(args.from_stage, args.stage)
-    partial = stages != list(STAGES)
-    cfg = _config(args)
-    timings = run_day(open_lake(args.lake, must_exist=True), args.date, cfg, stages=stages if partial else None,
-                      progress=_progress())
-    print(json.dumps({"date": args.date, "stage_seconds": timings}))
-    return 0
-
-
-def _cmd_backfill(args: argparse.Namespace) -> int:
-    if parse_date(args.end) < parse_date(args.start):
-        raise UsageError(f"--end {args.end} is before --start {args.start}")
-    cfg = _config(args)
-    status = backfill(open_lake(args.lake, must_exist=True), args.start, args.end, cfg, force=args.force,
-                      progress=_progress())
-    print(json.dumps(status, indent=2))
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    lake = open_lake(args.lake, must_exist=True)
-    metrics = evaluate(lake, args.date, cfg, horizon_days=args.horizon_days)
-    path = write_report(lake, args.date, metrics)
-    if args.json:
-        print(json.dumps(metrics, default=_json_default))
-    else:
-        print(_format_summary(_flatten_top(metrics), title=f"metrics for {args.date}:"))
-        print(f"report: {path}")
-    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -146,39 +90,34 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    return str(v)
 
-
-def _flatten_top(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, dict)}
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    out = run_demo(args.lake, preset=args.preset, synth_days=args.days, run_days=args.run_days, seed=args.seed,
-                   cfg=_config(args), progress=_progress())
-    m = out["metrics"]
-    head = {
-        "date": out["date"],
-        "activity.hit_rate": m.get("activity", {}).get("hit_rate"),
-        "activity.hit_rate_all_users": m.get("activity", {}).get("hit_rate_all_users"),
-        "dispatch.items_covered": m.get("dispatch", {}).get("items_covered"),
-        "dispatch.max_du": m.get("dispatch", {}).get("max_du"),
-        "quality.feedback_per_pair": m.get("quality", {}).get("feedback_per_pair"),
-        "quality.feedback_per_pair_random": m.get("quality", {}).get("feedback_per_pair_random"),
-        "quality.optimum_ratio": m.get("quality", {}).get("optimum_ratio"),
-    }
-    print(_format_summary(head, title="demo finished; headline metrics:"))
-    print(f"report: {out['report']}")
-    return 0
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML/TOML/JSON config file (see `dualrec config show`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. dispatch.Q=5 or spark.conf.spark.executor.memory=4g (repeatable)")
+
+
+def _add_ingest(command) -> None:
+    """``dualrec ingest {movielens,kuairand,recbole} --src DIR --lake DIR [options]``."""
+    p = command("ingest","convert a public dataset (MovieLens-100K, KuaiRand-Pure, RecBole atomic files) into a lake")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--src", required=True, help="folder with the downloaded files (see docs/datasets.md)")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--emb-dim", type=int, default=32, help="content-embedding dimension")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tz-offset-hours", type=float, default=None, help="default: movielens 0, kuairand 8")
+    p.add_argument("--no-random-log", action="store_true", help="kuairand: skip log_random_4_22_to_5_08_pure.csv")
+    p.add_argument("--upload-time", choices=["upload_dt", "first_exposure"], default="upload_dt", help="kuairand")
+    p.add_argument("--register-ref", help="kuairand: day register_days counts back from (default: last log day)")
+    p.add_argument("--dataset", help="recbole: NAME of NAME.inter when --src holds several")
+    p.add_argument("--like-threshold", type=float, default=4.0, help="recbole: rating >= this is a like")
+    p.add_argument("--view-threshold", type=float, default=3.0, help="recbole: rating >= this is a long view")
+    p.add_argument("--creator-field", help="recbole: .item field holding the creator (default: item_id)")
+    p.add_argument("--category-field", help="recbole: .item field holding the category (default: class/genre/...)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(fn="jobs.commands:cmd_ingest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run only this stage (repeatable); one of {', '.join(STAGES)}")
     g.add_argument("--from-stage", choices=STAGES, metavar="STAGE", help="run this stage and every later one")
     _add_config_args(r)
-    r.set_defaults(fn=_cmd_run)
+    r.set_defaults(fn="jobs.commands:cmd_run")
 
     b = command("backfill", "run days in order, skipping complete ones (resumable)")
     b.add_argument("--lake", required=True, help="an existing lake")
@@ -231,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--end", required=True, type=iso_date)
     b.add_argument("--force", action="store_true", help="rerun days that are already complete")
     _add_config_args(b)
-    b.set_defaults(fn=_cmd_backfill)
+    b.set_defaults(fn="jobs.commands:cmd_backfill")
 
     e = command("evaluate", "print a day's metrics (SPEC section 6) and write its HTML report")
     e.add_argument("--lake", required=True, help="an existing lake")
@@ -240,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--horizon-days", type=_positive_int, default=1, metavar="H",
                    help="logged recall counts positives over D+1..D+H (default 1); sparse real logs need more")
     _add_config_args(e)
-    e.set_defaults(fn=_cmd_evaluate)
+    e.set_defaults(fn="jobs.commands:cmd_evaluate")
 
     c = command("config", "inspect the configuration")
     cs = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -251,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show)
     show.set_defaults(fn=_cmd_config_show)
 
-    add_ingest(sub)
+    _add_ingest(command)
 
     d = command("demo", "synthesise a small world, run it, evaluate, print the report path")
     d.add_argument("--lake", default="./dualrec-demo-lake")
@@ -261,8 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--run-days", type=int, default=2, help="days to run through the pipeline")
     d.add_argument("--seed", type=int, default=7)
     _add_config_args(d)
-    d.set_defaults(fn=_cmd_demo)
+    d.set_defaults(fn="jobs.commands:cmd_demo")
     return p
+
+
+def _handler(fn: str | Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Resolve a ``"module:function"`` handler: heavy sub-commands load the pipeline only when run."""
+    if callable(fn):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(args, "verbose", 0) or 0
     setup_logging(verbose)
     rc: list[int] = []
-    code = exit_code(lambda: rc.append(int(args.fn(args) or 0)), verbose=verbose)
+    code = exit_code(lambda: rc.append(int(_handler(args.fn)(args) or 0)), verbose=verbose)
     return code or (rc[0] if rc else 0)
 
 

@@ -186,3 +186,15 @@ def test_demo_runs_from_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "report:" in out and (lake / "_reports").exists()
+
+
+def test_light_commands_do_not_load_the_engines():
+    """`dualrec --help`, `validate`, `synth` and `config show` must start in well under a second:
+    importing the CLI may not pull in PyTorch, XGBoost, FAISS, Spark or scikit-learn."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jobs.cli; heavy = [m for m in ('torch', 'xgboost', 'faiss', 'pyspark', 'sklearn') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"jobs.cli imports {out} at start-up"

@@ -15,6 +15,7 @@ import pytest
 
 from dualrec.ingest import IngestError, ingest
 from dualrec.lake import Lake
+from jobs.cli import main as cli_main
 from schemas.tables import INPUT_TABLES
 
 FIX = Path(__file__).parent / "fixtures"
@@ -352,15 +353,8 @@ def test_reingest_drops_stale_days(tmp_path):
 
 
 def test_cli_subcommand(tmp_path, capsys):
-    import argparse
-
-    from dualrec.ingest import add_subcommand
-
-    parser = argparse.ArgumentParser()
-    add_subcommand(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ingest", "kuairand", "--src", str(FIX / "kuairand"), "--lake", str(tmp_path / "l"),
-                              "--no-random-log", "--emb-dim", "16", "--json"])
-    assert args.fn(args) == 0
+    assert cli_main(["ingest", "kuairand", "--src", str(FIX / "kuairand"), "--lake", str(tmp_path / "l"),
+                     "--no-random-log", "--emb-dim", "16", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["emb_dim"] == 16 and Lake(str(tmp_path / "l")).emb_dim() == 16
     assert out["raw_exposures"] == 278 - 13  # without the random log's 13 rows

@@ -26,6 +26,7 @@ Errors: :class:`IngestError` (a ``ValueError``) names the missing/unreadable fil
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from pathlib import Path
@@ -40,14 +41,9 @@ KINDS = ("movielens", "kuairand", "recbole")
 
 def load(kind: str, src: str | Path, **opts: Any):
     """Map a dataset to an in-memory :class:`~dualrec.ingest.common.Dataset` without writing."""
-    if kind == "movielens":
-        from dualrec.ingest import movielens as mod
-    elif kind == "kuairand":
-        from dualrec.ingest import kuairand as mod
-    elif kind == "recbole":
-        from dualrec.ingest import recbole as mod
-    else:
+    if kind not in KINDS:
         raise IngestError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
+    mod = importlib.import_module(f"dualrec.ingest.{kind}")  # only the adapter asked for is loaded
     known = [n for n in inspect.signature(mod.load).parameters if n != "src"]
     unknown = sorted(set(opts) - set(known))
     if unknown:
@@ -66,51 +62,5 @@ def ingest(kind: str, src: str | Path, lake_root: str, **opts: Any) -> dict[str,
     return write_dataset(ds, lake_root)
 
 
-def add_subcommand(sub) -> None:
-    """Register ``dualrec ingest {movielens,kuairand,recbole} --src DIR --lake DIR [options]`` on a subparsers object.
 
-    For ``jobs/cli.py``: ``_EXTRA_COMMANDS.append(add_subcommand)``. Returns exit code 0;
-    errors propagate as ``ValueError`` (IngestError / BadInputError), which the CLI maps to 2.
-    """
-    p = sub.add_parser("ingest", help="convert a public dataset (MovieLens-100K, KuaiRand-Pure, RecBole atomic files) into a lake")
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("--src", required=True, help="folder with the downloaded files (see docs/datasets.md)")
-    p.add_argument("--lake", required=True)
-    p.add_argument("--emb-dim", type=int, default=32, help="content-embedding dimension")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tz-offset-hours", type=float, default=None, help="default: movielens 0, kuairand 8")
-    p.add_argument("--no-random-log", action="store_true", help="kuairand: skip log_random_4_22_to_5_08_pure.csv")
-    p.add_argument("--upload-time", choices=["upload_dt", "first_exposure"], default="upload_dt", help="kuairand")
-    p.add_argument("--register-ref", help="kuairand: day register_days counts back from (default: last log day)")
-    p.add_argument("--dataset", help="recbole: NAME of NAME.inter when --src holds several")
-    p.add_argument("--like-threshold", type=float, default=4.0, help="recbole: rating >= this is a like")
-    p.add_argument("--view-threshold", type=float, default=3.0, help="recbole: rating >= this is a long view")
-    p.add_argument("--creator-field", help="recbole: .item field holding the creator (default: item_id)")
-    p.add_argument("--category-field", help="recbole: .item field holding the category (default: class/genre/...)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(fn=_cmd_ingest)
-
-
-def _cmd_ingest(args) -> int:
-    import json
-
-    opts: dict[str, Any] = {"emb_dim": args.emb_dim, "seed": args.seed}
-    if args.tz_offset_hours is not None:
-        opts["tz_offset_hours"] = args.tz_offset_hours
-    if args.kind == "kuairand":
-        opts.update(include_random=not args.no_random_log, upload_time=args.upload_time, register_ref=args.register_ref)
-    if args.kind == "recbole":
-        opts.update(dataset=args.dataset, like_threshold=args.like_threshold, view_threshold=args.view_threshold,
-                    creator_field=args.creator_field, category_field=args.category_field)
-    summary = ingest(args.kind, args.src, args.lake, **opts)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"ingested {summary['kind']} into {summary['lake']}: {summary['start']} .. {summary['end']} "
-              f"({summary['days']} days), {summary['users']} users, {summary['items']} items")
-        print("  rows: " + ", ".join(f"{k}={v}" for k, v in summary["rows"].items()))
-        print("  positive rates: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["positive_rates"].items()))
-    return 0
-
-
-__all__ = ["KINDS", "IngestError", "add_subcommand", "ingest", "load"]
+__all__ = ["KINDS", "IngestError", "ingest", "load"]
