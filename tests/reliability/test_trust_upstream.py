@@ -20,6 +20,7 @@ from dualrec.config import DualRecConfig
 from dualrec.lake import Lake
 from dualrec.stages.base import check_stage_inputs
 from jobs.common import stage_main
+from schemas.feedback import RANK_TASKS
 
 from relhelpers import DAY, FAST_SET, part_file, replaced_partition
 
@@ -355,3 +356,21 @@ def test_a_day_without_uploads_passes_the_gates(gate_lake):
     gate_lake.write_table("items", DAY, items)
     _nobody_available(gate_lake)
     assert sanity_gates(gate_lake, DAY, DualRecConfig())["items"] == 0
+
+
+def test_writing_a_derived_table_never_narrows_silently(spark, tmp_path):
+    """conform_df casts a derived frame to its contract; an integer that does not fit the contract's
+    narrower type must fail the write (Spark's ANSI casts), not wrap around as the int8 case above."""
+    import pyspark.errors
+    from pyspark.sql import functions as F
+
+    from dualrec.lake import conform_df
+
+    row = dict(batch=2**40, item_id=1, user_id=2, channels=["two_tower"], theta=0.5, g=0.5,
+               **{f"s_{t}": 0.1 for t in RANK_TASKS})
+    df = spark.createDataFrame([row]).withColumn("batch", F.col("batch").cast("long"))
+    with pytest.raises((pyspark.errors.ArithmeticException, pyspark.errors.PySparkException)) as e:
+        conform_df("ranked", df).collect()
+    assert "CAST_OVERFLOW" in str(e.value) or "overflow" in str(e.value).lower()
+    ok = conform_df("ranked", df.withColumn("batch", F.lit(3).cast("long"))).collect()
+    assert ok[0]["batch"] == 3
