@@ -39,7 +39,7 @@ CONFIG = (
     "retrieval: {k: {two_tower: 200, i2i2u: 100, i2u2u: 100}}\n"
     "rank: {epochs: 1, train_window_days: 2, max_train_rows: 20000, torch_threads: 1}\n"
     "dispatch: {L: 50, batches_per_day: 4}\n"
-    "metrics: {max_items: 100, oracle_pool_users: 1000}\n"
+    "metrics: {max_items: 100}\n"
     "spark: {shuffle_partitions: 2}\n"
 )
 RUN_TIMEOUT = 3000
@@ -98,6 +98,8 @@ def airflow(tmp_path_factory):
         DUALREC_SCHEDULE="none",
         DUALREC_SPARK_MASTER="local[2]",
         DUALREC_CONFIG_DIR=str(home / "dualrec-configs"),
+        # the daemons and their task processes import the checkout under test, whatever is pip-installed
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         PYSPARK_PYTHON=sys.executable,
         PYSPARK_DRIVER_PYTHON=sys.executable,
         SPARK_LOCAL_IP="127.0.0.1",
@@ -152,7 +154,9 @@ def test_scheduler_runs_dualrec_daily_for_a_triggered_day(airflow, tiny_world, t
         states = tasks()
         # a failed stage waits retry_delay before its retry: report it now instead
         stuck = [t for t, s in states.items() if s in ("up_for_retry", "failed", "upstream_failed")]
-        assert not stuck, (stuck, _task_log(airflow["home"], run_id, stuck[0]))
+        if stuck:
+            pytest.fail(f"task {stuck[0]} is {states[stuck[0]]}; its log:\n{_task_log(airflow['home'], run_id, stuck[0])}",
+                        pytrace=False)
         for d in daemons:
             assert d.alive(), f"{d.name} died:\n{d.tail()}"
         time.sleep(5)

@@ -44,7 +44,7 @@ two_tower: {epochs: 1, train_window_days: 7, recall_queries: 50, torch_threads: 
 retrieval: {k: {two_tower: 200, i2i2u: 100, i2u2u: 100}}
 rank: {epochs: 1, train_window_days: 2, max_train_rows: 20000, torch_threads: 1}
 dispatch: {L: 50, batches_per_day: 4}
-metrics: {max_items: 100, oracle_pool_users: 1000}
+metrics: {max_items: 100}
 """
 # two-tower training is not yet reproducible run to run (embeddings differ by up to ~0.5 between a
 # local and a cluster run of the same day, measured); its consumers are still compared exactly,
