@@ -1,4 +1,4 @@
-"""User activity prediction (paper 4.2.1): point-in-time features, availability policy, metrics.
+"""User activity prediction (paper 4.2.1): point-in-time features and the availability policy.
 
 The first half of the UAC module. For a target day t every user of a ``users`` snapshot
 gets one feature row computed ONLY from partitions dt in [t - lookback, t - 1]; the same
@@ -32,17 +32,21 @@ Availability policies (``ActivityConfig.policy``), turning p_active into a_u:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import math
+import posixpath
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from dualrec.config import ActivityConfig
 from dualrec.lake import Lake, date_range, parse_date
-from dualrec.stats import roc_auc
 from models.activity import cached_booster
 from schemas.validate import BadInputError
 
@@ -106,6 +110,107 @@ def load_daily(spark, lake: Lake, days: Iterable[dt.date]):
         .groupBy("user_id", "dt")
         .agg(F.max("visited").alias("visited"), *(F.sum(c).alias(c) for c in _COUNT_COLUMNS))
     )
+
+
+# ---------------------------------------------------------------------- per-day cache
+DAILY_CACHE = "_cache/activity_daily"
+CACHE_VERSION = 1  # bump when load_daily's output changes: older entries are recomputed
+_KEY_FILE = "_key.json"
+
+
+def _daily_schema():
+    from pyspark.sql import types as T
+
+    return T.StructType(
+        [T.StructField("user_id", T.LongType()), T.StructField("dt", T.DateType()),
+         T.StructField("visited", T.DoubleType())]
+        + [T.StructField(c, T.DoubleType()) for c in _COUNT_COLUMNS]
+    )
+
+
+def daily_key(lake: Lake, day: dt.date) -> str | None:
+    """Content version of day ``day``'s inputs to :func:`load_daily` (None: neither table has the day).
+
+    The listing fingerprints of visits and interactions dt=day (any redelivery changes them) and
+    the drop list a ``drop_and_report`` check left next to each (it changes what readers see).
+    """
+    parts: list[Any] = [CACHE_VERSION, parse_date(day).isoformat()]
+    present = False
+    for table in ("visits", "interactions"):
+        if not lake.has_partition(table, day):
+            parts.append([table, None])
+            continue
+        present = True
+        info = lake.fs.get_file_info(lake.fs_path(f"{lake.validation_rel(table, day)}/dropped.parquet"))
+        dropped = [info.size, info.mtime_ns] if info.type == pafs.FileType.File else None
+        parts.append([table, lake.fingerprint(table, day), dropped])
+    if not present:
+        return None
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_rel(day: dt.date) -> str:
+    return f"{DAILY_CACHE}/dt={parse_date(day).isoformat()}"
+
+
+def _cached_ok(lake: Lake, day: dt.date, key: str) -> bool:
+    rel = _cache_rel(day)
+    if not lake.is_complete(rel):
+        return False
+    try:
+        return json.loads(lake.read_text(f"{rel}/{_KEY_FILE}")).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def _write_cache(lake: Lake, frame, days: list[dt.date], keys: dict[dt.date, str]) -> None:
+    """One Spark job writes every day of ``frame`` (one file per day), then each day is swapped into place."""
+    token = uuid.uuid4().hex
+    staging = f"{DAILY_CACHE}/_staging/{token}"
+    frame.repartition("dt").write.mode("overwrite").option("compression", "zstd").partitionBy("dt").parquet(
+        lake.uri(staging)
+    )
+    try:
+        for d in days:
+            src = f"{staging}/dt={d.isoformat()}"
+            if not lake.exists(src):  # no row that day (an empty delivery): an entry without data files
+                lake.fs.create_dir(lake.fs_path(src), recursive=True)
+            lake.write_text(f"{src}/{_KEY_FILE}", json.dumps({"key": keys[d], "day": d.isoformat()}))
+            lake.write_text(f"{src}/_SUCCESS", "")
+            target = lake.fs_path(_cache_rel(d))
+            if lake.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                lake.fs.delete_dir(target)  # a stale entry (its inputs were republished)
+            lake.fs.move(lake.fs_path(src), target)
+    finally:
+        lake.fs.delete_dir(lake.fs_path(staging))
+
+
+def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):
+    """:func:`load_daily` through a per-day cache in ``<lake>/_cache/activity_daily/dt=X``.
+
+    Day X's aggregates depend only on visits and interactions dt=X, so each day is computed once
+    and reused by every later run whose windows contain it; an entry is valid only for the
+    content version (:func:`daily_key`) it was computed from, so republishing an input
+    partition (or a changed drop list) recomputes that day. A day D run thus reduces only the
+    days it has not seen (normally D itself) and reads the rest. Same rows as
+    :func:`load_daily` (sums of integer counts are exact in float64, in any order). A lake that
+    cannot be written falls back to computing every day.
+    """
+    days = sorted({parse_date(d) for d in days})
+    keys = {d: k for d in days if (k := daily_key(lake, d)) is not None}
+    missing = [d for d in keys if not _cached_ok(lake, d, keys[d])]
+    if missing:
+        try:
+            _write_cache(lake, load_daily(spark, lake, missing), missing, keys)
+        except OSError as e:
+            log.warning("activity daily cache not writable (%s): computing %d day(s) without it", e, len(days))
+            return load_daily(spark, lake, days)
+    log.info("activity daily aggregates: %d day(s) from the cache, %d computed", len(keys) - len(missing), len(missing))
+    base = lake.fs_path("")
+    paths = [lake.uri(posixpath.relpath(f, base)) for d in keys for f in lake.data_files(DAILY_CACHE, d)]
+    if not paths:
+        return spark.createDataFrame([], _daily_schema())
+    return spark.read.schema(_daily_schema()).option("basePath", lake.uri(DAILY_CACHE)).parquet(*paths)
 
 
 def target_users(spark, lake: Lake, pairs: Sequence[tuple[dt.date, dt.date]]):
@@ -475,63 +580,7 @@ def apply_policy(scores, cfg: ActivityConfig, n_items: int, L: int, Q: int):
     return out, n
 
 
-# ---------------------------------------------------------------------- metrics
-def _user_ids(lake: Lake, table: str, day: dt.date) -> np.ndarray | None:
-    if not lake.has_partition(table, day):
-        return None
-    return np.unique(lake.read_table(table, day, columns=["user_id"]).column("user_id").to_numpy())
-
-
-def _share_active(users: np.ndarray | None, active: np.ndarray | None) -> float | None:
-    if users is None or active is None or users.size == 0:
-        return None
-    return float(np.isin(users, active).mean())
-
-
-def activity_metrics(spark, lake: Lake, day) -> dict[str, float | None]:
-    """Activity metrics of day D for ``evaluate`` (None where not computable).
-
-    * ``auc``: p_active of activity_scores dt=D against "user in visits dt=D+1".
-    * ``auc_baseline_last_day``: same labels, score = "user in visits dt=D".
-    * ``hit_rate``: share of dispatched users (match_sets dt=D) active on D+1; the
-      available users of activity_scores dt=D when no match_sets partition exists.
-    * ``hit_rate_available``: share of available users active on D+1.
-    * ``hit_rate_all_users``: share of the users snapshot dt=D active on D+1 (the
-      "no activity model" reference: paper 49 % vs 82 %).
-
-    Reads with PyArrow (columns only); ``spark`` is accepted for a uniform metrics API.
-    """
-    d = parse_date(day)
-    nxt = d + dt.timedelta(days=1)
-    out: dict[str, float | None] = {
-        "auc": None,
-        "auc_baseline_last_day": None,
-        "hit_rate": None,
-        "hit_rate_available": None,
-        "hit_rate_all_users": None,
-    }
-    active_next = _user_ids(lake, "visits", nxt)
-    if active_next is None:
-        return out
-    out["hit_rate_all_users"] = _share_active(_user_ids(lake, "users", d), active_next)
-    available = None
-    if lake.has_partition("activity_scores", d):
-        s = lake.read_table("activity_scores", d, columns=["user_id", "p_active", "available"])
-        uid = s.column("user_id").to_numpy()
-        p = s.column("p_active").to_numpy()
-        avail = s.column("available").to_numpy(zero_copy_only=False).astype(bool)
-        y = np.isin(uid, active_next)
-        out["auc"] = roc_auc(y, p)
-        active_today = _user_ids(lake, "visits", d)
-        if active_today is not None:
-            out["auc_baseline_last_day"] = roc_auc(y, np.isin(uid, active_today).astype(np.float64))
-        available = np.unique(uid[avail])
-        out["hit_rate_available"] = _share_active(available, active_next)
-    dispatched = _user_ids(lake, "match_sets", d)
-    out["hit_rate"] = _share_active(dispatched if dispatched is not None else available, active_next)
-    return out
-
-
+# ---------------------------------------------------------------------- demand
 def count_items(lake: Lake, day) -> int:
     """Items uploaded on ``day`` (0 with a warning when the partition is absent)."""
     d = parse_date(day)
@@ -543,7 +592,8 @@ def count_items(lake: Lake, day) -> int:
 
 __all__ = [
     "FEEDBACK_TYPES",
-    "activity_metrics",
+    "cached_daily",
+    "daily_key",
     "apply_policy",
     "collect_training",
     "count_items",

@@ -68,7 +68,8 @@ def run(ctx: StageContext) -> dict:
         policy=cfg.policy, curve=curve, params=PolicyParams.from_config(cfg),
         on_batch=lambda j, n: ctx.step("batch", j, n),
     )
-    check_invariants(out.match_sets, out.available_users, out.store0, cfg.L, cfg.Q, cfg.batches_per_day)
+    check_invariants(out.match_sets, out.available_users, out.store0, cfg.L, cfg.Q, cfg.batches_per_day,
+                     n_users=out.stats["available_users"])
     lake.write_df(out.available_users, "available_users", day, coalesce=None)
     lake.write_df(out.user_match_sets, "user_match_sets", day)
     lake.write_df(out.match_sets, "match_sets", day)
