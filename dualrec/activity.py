@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dualrec.config import ActivityConfig
 from dualrec.lake import Lake, date_range, parse_date
@@ -438,6 +439,17 @@ def _sample_columns(df, targets: list[dt.date], seed: int):
     return df.withColumn("_r", r).withColumn("_valid", is_valid)
 
 
+def _split_counts(lake: Lake, targets: list[dt.date], tusers) -> dict[bool, int]:
+    """Rows per split (train / valid) before sampling: from the users snapshots' Parquet footers
+    when the latest target is the validation split (one row per user and snapshot), else one
+    Spark aggregation (a single target: a hashed fifth of its users is the validation split)."""
+    if len(targets) > 1:
+        rows = {t: sum(pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows
+                       for f in lake.data_files("users", t - dt.timedelta(days=1))) for t in targets}
+        return {False: sum(rows[t] for t in targets[:-1]), True: rows[targets[-1]]}
+    return {bool(row["_valid"]): int(row["count"]) for row in tusers.groupBy("_valid").count().collect()}
+
+
 def training_frame(
     spark, lake: Lake, targets: list[dt.date], lookback: int = 30, daily=None, max_rows: int | None = None, seed: int = 0
 ):
@@ -449,13 +461,38 @@ def training_frame(
     more than what :func:`collect_training` keeps. Returns (frame, rows per split before
     sampling as {is_valid: count}).
     """
+    out, counts, _, _ = training_and_serving(spark, lake, targets, None, lookback, daily, max_rows, seed)
+    return out, counts
+
+
+def training_and_serving(
+    spark,
+    lake: Lake,
+    targets: list[dt.date],
+    serve: tuple[dt.date, dt.date] | None,
+    lookback: int = 30,
+    daily=None,
+    max_rows: int | None = None,
+    seed: int = 0,
+):
+    """:func:`training_frame` and, with ``serve`` = (target day, users snapshot day), the serving
+    features of every user of that snapshot, out of ONE pass over the history.
+
+    Each user's history is gathered once for the training targets and the serving target
+    together (:func:`features_from_users` computes every target from its own window only, so the
+    rows equal separate calls); the shared feature frame is persisted, since the model must be
+    trained on the training rows before the serving rows are scored. Returns (training frame,
+    split counts, serving features or None, the persisted shared frame or None: the caller
+    unpersists it when the serving rows are scored).
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     targets = sorted(parse_date(t) for t in targets)
     pairs = [(t, t - dt.timedelta(days=1)) for t in targets]
-    daily = _history(spark, lake, targets, lookback, daily)
+    daily = _history(spark, lake, targets if serve is None else [*targets, parse_date(serve[0])], lookback, daily)
     tusers = _sample_columns(target_users(spark, lake, pairs), targets, seed)
-    counts = {bool(row["_valid"]): int(row["count"]) for row in tusers.groupBy("_valid").count().collect()}
+    counts = _split_counts(lake, targets, tusers)
     if max_rows:
         keep = F.lit(False)
         for valid in (False, True):
@@ -463,7 +500,21 @@ def training_frame(
             frac = 1.0 if n <= max_rows else min(1.0, 1.1 * max_rows / n + 1e-4)
             keep = keep | ((F.col("_valid") == F.lit(valid)) & (F.col("_r") < F.lit(int(frac * 2**31))))
         tusers = tusers.filter(keep)
-    feats = features_from_users(daily, tusers.drop("_r", "_valid"), lookback, targets)
+    tusers = tusers.drop("_r", "_valid")
+    all_targets = list(targets)
+    serve_t = None
+    if serve is not None:
+        serve_t, serve_ud = parse_date(serve[0]), parse_date(serve[1])
+        if serve_t in targets:
+            raise ValueError(f"serving day {serve_t} is also a training target")
+        tusers = tusers.unionByName(target_users(spark, lake, [(serve_t, serve_ud)]))
+        all_targets.append(serve_t)
+    feats = features_from_users(daily, tusers, lookback, all_targets)
+    serving = shared = None
+    if serve_t is not None:
+        feats = shared = feats.persist(StorageLevel.MEMORY_AND_DISK)
+        serving = feats.filter(F.col("target_dt") == F.lit(serve_t)).drop("target_dt")
+        feats = feats.filter(F.col("target_dt") != F.lit(serve_t))
     labels = None
     for t in targets:
         lab = lake.read_df(spark, "visits", [t], with_dt=False, required=True).select(
@@ -475,7 +526,7 @@ def training_frame(
         .withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
     )
     # mapInArrow drops _r/_valid; the hash is recomputed (same seed, same values) for collect_training
-    return _sample_columns(out, targets, seed), counts
+    return _sample_columns(out, targets, seed), counts, serving, shared
 
 
 def collect_training(df, names: list[str], max_rows: int, counts: dict[bool, int] | None = None) -> dict[str, Any]:
@@ -607,6 +658,7 @@ __all__ = [
     "history_window",
     "load_daily",
     "predict_scores",
+    "training_and_serving",
     "training_frame",
     "training_target_days",
 ]

@@ -475,3 +475,19 @@ def test_stage_with_cache_equals_stage_without_and_backfill_equals_one_day(spark
     _run(lake_b, day, spark)
     assert _scores(lake_b, day) == cold
     assert lake.read_text(f"_models/activity/dt={day}/model.json") == lake_b.read_text(f"_models/activity/dt={day}/model.json")
+
+
+def test_training_and_serving_in_one_pass_equal_separate_frames(spark, tmp_path):
+    lake = _world(tmp_path, n_users=120)
+    day = D0 + dt.timedelta(days=8)
+    targets = A.training_target_days(lake, day, 3)
+    train, counts, serving, shared = A.training_and_serving(
+        spark, lake, targets, (day + dt.timedelta(days=1), day), max_rows=200, seed=4
+    )
+    ref_train, ref_counts = A.training_frame(spark, lake, targets, max_rows=200, seed=4)
+    assert counts == ref_counts == {False: 240, True: 120}  # from the users footers: 2 + 1 snapshots of 120 users
+    key = lambda r: (r["user_id"], r["target_dt"])  # noqa: E731
+    assert sorted(map(lambda r: r.asDict(), train.collect()), key=key) == sorted(
+        map(lambda r: r.asDict(), ref_train.collect()), key=key)
+    assert _rows(serving) == _rows(A.features_for_target(spark, lake, day + dt.timedelta(days=1), day))
+    shared.unpersist()
