@@ -168,10 +168,10 @@ def _write_cache(lake: Lake, frame, days: list[dt.date], keys: dict[dt.date, str
     """One Spark job writes every day of ``frame`` (one file per day), then each day is swapped into place."""
     token = uuid.uuid4().hex
     staging = f"{DAILY_CACHE}/_staging/{token}"
-    frame.repartition("dt").write.mode("overwrite").option("compression", "zstd").partitionBy("dt").parquet(
-        lake.uri(staging)
-    )
     try:
+        frame.repartition("dt").write.mode("overwrite").option("compression", "zstd").partitionBy("dt").parquet(
+            lake.uri(staging)
+        )
         for d in days:
             src = f"{staging}/dt={d.isoformat()}"
             if not lake.exists(src):  # no row that day (an empty delivery): an entry without data files
@@ -183,7 +183,8 @@ def _write_cache(lake: Lake, frame, days: list[dt.date], keys: dict[dt.date, str
                 lake.fs.delete_dir(target)  # a stale entry (its inputs were republished)
             lake.fs.move(lake.fs_path(src), target)
     finally:
-        lake.fs.delete_dir(lake.fs_path(staging))
+        if lake.exists(staging):
+            lake.fs.delete_dir(lake.fs_path(staging))
 
 
 def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):

@@ -19,10 +19,11 @@ from dualrec.channels.base import (
     check_channel_inputs,
     get_channel,
     mix,
+    score_columns,
     seen_pairs,
 )
 from dualrec.registry import table_producer
-from dualrec.stages.base import StageContext
+from dualrec.stages.base import StageContext, partition_rows, write_empty
 
 log = logging.getLogger("dualrec.retrieve")
 
@@ -73,6 +74,14 @@ def candidate_stats(cand, names: list[str]) -> dict:
 def run(ctx: StageContext) -> dict:
     """Retrieve candidates for D's uploads from every configured channel."""
     names = channel_names(ctx.cfg)
+    if partition_rows(ctx.lake, "items", ctx.day) == 0:
+        # a day without uploads: nothing to retrieve and no channel input is read; a valid empty
+        # partition, no Spark job
+        write_empty(ctx.lake, "candidates", ctx.day, score_columns(names))
+        log.info("retrieve %s: no uploads, empty candidates published", ctx.day)
+        return {"items": 0, "candidates": 0, "items_with_candidates": 0,
+                "pairs_by_channel": {n: 0 for n in names}, "items_by_channel": {n: 0 for n in names},
+                "channel_share": {}}
     check_channel_inputs(ctx.lake, ctx.day, names, table_producer)
     items = day_items(ctx).cache()
     avail = available_users(ctx).cache()
