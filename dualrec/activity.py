@@ -150,6 +150,50 @@ def daily_key(lake: Lake, day: dt.date) -> str | None:
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+DRIVER_MAX_ROWS = 5_000_000  # a day with at most this many visits + interactions rows is reduced with PyArrow
+
+
+def _day_rows(lake: Lake, day: dt.date) -> int:
+    return sum(
+        pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows
+        for t in ("visits", "interactions") if lake.has_partition(t, day) for f in lake.data_files(t, day)
+    )
+
+
+def daily_arrow(lake: Lake, day: dt.date) -> pa.Table:
+    """:func:`load_daily` of one day with PyArrow on the driver (no ``dt`` column; same rows and values).
+
+    A day D run normally reduces only D, one partition pair: a few columns of it are read (drop
+    lists applied by :meth:`Lake.read_table`) and grouped in memory, cheaper than a Spark job
+    until a day holds millions of rows (:data:`DRIVER_MAX_ROWS`)."""
+    d = parse_date(day)
+    parts = []
+    if lake.has_partition("visits", d):
+        v = lake.read_table("visits", d, columns=["user_id", "sessions", "watch_ms"])
+        n = v.num_rows
+        zero = pa.array(np.zeros(n), pa.float64())
+        cols = {"user_id": v.column("user_id").cast(pa.int64()), "visited": pa.array(np.ones(n), pa.float64()),
+                "sessions": v.column("sessions").cast(pa.float64()), "watch_ms": v.column("watch_ms").cast(pa.float64())}
+        parts.append(pa.table({**cols, **{c: zero for c in _COUNT_COLUMNS if c not in cols}}))
+    if lake.has_partition("interactions", d):
+        fb = [f"is_{t}" for t in FEEDBACK_TYPES]
+        it = lake.read_table("interactions", d, columns=["user_id", "play_time_ms", *fb])
+        n = it.num_rows
+        zero = pa.array(np.zeros(n), pa.float64())
+        cols = {"user_id": it.column("user_id").cast(pa.int64()), "visited": zero, "sessions": zero,
+                "watch_ms": zero, "impressions": pa.array(np.ones(n), pa.float64()),
+                "play_time_ms": it.column("play_time_ms").cast(pa.float64()),
+                **{f"fb_{t}": it.column(f"is_{t}").cast(pa.float64()) for t in FEEDBACK_TYPES}}
+        parts.append(pa.table({c: cols[c] for c in ("user_id", "visited", *_COUNT_COLUMNS)}))
+    names = ["user_id", "visited", *_COUNT_COLUMNS]
+    if not parts:
+        return pa.schema([("user_id", pa.int64())] + [(c, pa.float64()) for c in names[1:]]).empty_table()
+    t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    g = t.group_by("user_id").aggregate([("visited", "max"), *((c, "sum") for c in _COUNT_COLUMNS)])
+    g = g.rename_columns([{"visited_max": "visited"}.get(c, c.removesuffix("_sum")) for c in g.column_names])
+    return g.select(names).sort_by("user_id")
+
+
 def _cache_rel(day: dt.date) -> str:
     return f"{DAILY_CACHE}/dt={parse_date(day).isoformat()}"
 
@@ -164,14 +208,23 @@ def _cached_ok(lake: Lake, day: dt.date, key: str) -> bool:
         return False
 
 
-def _write_cache(lake: Lake, frame, days: list[dt.date], keys: dict[dt.date, str]) -> None:
-    """One Spark job writes every day of ``frame`` (one file per day), then each day is swapped into place."""
+def _write_cache(spark, lake: Lake, days: list[dt.date], keys: dict[dt.date, str]) -> None:
+    """Compute and publish the cache entries of ``days``: days of at most :data:`DRIVER_MAX_ROWS`
+    rows with PyArrow (:func:`daily_arrow`), the others by one Spark job (one file per day); each
+    day is then swapped into place."""
     token = uuid.uuid4().hex
     staging = f"{DAILY_CACHE}/_staging/{token}"
     try:
-        frame.repartition("dt").write.mode("overwrite").option("compression", "zstd").partitionBy("dt").parquet(
-            lake.uri(staging)
-        )
+        small = [d for d in days if _day_rows(lake, d) <= DRIVER_MAX_ROWS]
+        large = [d for d in days if d not in small]
+        if large:
+            load_daily(spark, lake, large).repartition("dt").write.mode("overwrite").option(
+                "compression", "zstd").partitionBy("dt").parquet(lake.uri(staging))
+        for d in small:
+            rel = f"{staging}/dt={d.isoformat()}"
+            lake.fs.create_dir(lake.fs_path(rel), recursive=True)
+            with lake.fs.open_output_stream(lake.fs_path(f"{rel}/part-00000.parquet")) as f:
+                pq.write_table(daily_arrow(lake, d), f, compression="zstd")
         for d in days:
             src = f"{staging}/dt={d.isoformat()}"
             if not lake.exists(src):  # no row that day (an empty delivery): an entry without data files
@@ -203,7 +256,7 @@ def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):
     missing = [d for d in keys if not _cached_ok(lake, d, keys[d])]
     if missing:
         try:
-            _write_cache(lake, load_daily(spark, lake, missing), missing, keys)
+            _write_cache(spark, lake, missing, keys)
         except OSError as e:
             log.warning("activity daily cache not writable (%s): computing %d day(s) without it", e, len(days))
             return load_daily(spark, lake, days)
@@ -645,6 +698,7 @@ def count_items(lake: Lake, day) -> int:
 __all__ = [
     "FEEDBACK_TYPES",
     "cached_daily",
+    "daily_arrow",
     "daily_key",
     "apply_policy",
     "collect_training",

@@ -436,7 +436,10 @@ def _entry_key(lake: Lake, d: dt.date) -> str:
     return json.loads(lake.read_text(f"{A.DAILY_CACHE}/dt={d}/_key.json"))["key"]
 
 
-def test_cached_daily_equals_load_daily_and_a_republished_day_is_recomputed(spark, tmp_path):
+@pytest.mark.parametrize("driver_max_rows", [5_000_000, 0], ids=["pyarrow", "spark"])
+def test_cached_daily_equals_load_daily_and_a_republished_day_is_recomputed(spark, tmp_path, monkeypatch,
+                                                                            driver_max_rows):
+    monkeypatch.setattr(A, "DRIVER_MAX_ROWS", driver_max_rows)  # which engine reduces a missing day
     lake = _world(tmp_path, n_users=60, days=6)
     days = date_range(D0 - dt.timedelta(days=2), D0 + dt.timedelta(days=5))  # two days before the lake begins
     ref = _daily_rows(A.load_daily(spark, lake, days))
