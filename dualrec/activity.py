@@ -150,7 +150,7 @@ def daily_key(lake: Lake, day: dt.date) -> str | None:
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-DRIVER_MAX_ROWS = 5_000_000  # a day with at most this many visits + interactions rows is reduced with PyArrow
+DRIVER_MAX_ROWS = 3_000_000  # a day with at most this many visits + interactions rows is reduced with PyArrow (~100 B/row peak)
 
 
 def _day_rows(lake: Lake, day: dt.date) -> int:
