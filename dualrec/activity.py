@@ -1,4 +1,4 @@
-"""User activity prediction (paper 4.2.1): point-in-time features, availability policy, metrics.
+"""User activity prediction (paper 4.2.1): point-in-time features and the availability policy.
 
 The first half of the UAC module. For a target day t every user of a ``users`` snapshot
 gets one feature row computed ONLY from partitions dt in [t - lookback, t - 1]; the same
@@ -32,17 +32,22 @@ Availability policies (``ActivityConfig.policy``), turning p_active into a_u:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import math
+import posixpath
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dualrec.config import ActivityConfig
 from dualrec.lake import Lake, date_range, parse_date
-from dualrec.stats import roc_auc
 from models.activity import cached_booster
 from schemas.validate import BadInputError
 
@@ -106,6 +111,161 @@ def load_daily(spark, lake: Lake, days: Iterable[dt.date]):
         .groupBy("user_id", "dt")
         .agg(F.max("visited").alias("visited"), *(F.sum(c).alias(c) for c in _COUNT_COLUMNS))
     )
+
+
+# ---------------------------------------------------------------------- per-day cache
+DAILY_CACHE = "_cache/activity_daily"
+CACHE_VERSION = 1  # bump when load_daily's output changes: older entries are recomputed
+_KEY_FILE = "_key.json"
+
+
+def _daily_schema():
+    from pyspark.sql import types as T
+
+    return T.StructType(
+        [T.StructField("user_id", T.LongType()), T.StructField("dt", T.DateType()),
+         T.StructField("visited", T.DoubleType())]
+        + [T.StructField(c, T.DoubleType()) for c in _COUNT_COLUMNS]
+    )
+
+
+def daily_key(lake: Lake, day: dt.date) -> str | None:
+    """Content version of day ``day``'s inputs to :func:`load_daily` (None: neither table has the day).
+
+    The listing fingerprints of visits and interactions dt=day (any redelivery changes them) and
+    the drop list a ``drop_and_report`` check left next to each (it changes what readers see).
+    """
+    parts: list[Any] = [CACHE_VERSION, parse_date(day).isoformat()]
+    present = False
+    for table in ("visits", "interactions"):
+        if not lake.has_partition(table, day):
+            parts.append([table, None])
+            continue
+        present = True
+        info = lake.fs.get_file_info(lake.fs_path(f"{lake.validation_rel(table, day)}/dropped.parquet"))
+        dropped = [info.size, info.mtime_ns] if info.type == pafs.FileType.File else None
+        parts.append([table, lake.fingerprint(table, day), dropped])
+    if not present:
+        return None
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+DRIVER_MAX_ROWS = 3_000_000  # a day with at most this many visits + interactions rows is reduced with PyArrow (~100 B/row peak)
+
+
+def _day_rows(lake: Lake, day: dt.date) -> int:
+    return sum(
+        pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows
+        for t in ("visits", "interactions") if lake.has_partition(t, day) for f in lake.data_files(t, day)
+    )
+
+
+def daily_arrow(lake: Lake, day: dt.date) -> pa.Table:
+    """:func:`load_daily` of one day with PyArrow on the driver (no ``dt`` column; same rows and values).
+
+    A day D run normally reduces only D, one partition pair: a few columns of it are read (drop
+    lists applied by :meth:`Lake.read_table`) and grouped in memory, cheaper than a Spark job
+    until a day holds millions of rows (:data:`DRIVER_MAX_ROWS`)."""
+    d = parse_date(day)
+    parts = []
+    if lake.has_partition("visits", d):
+        v = lake.read_table("visits", d, columns=["user_id", "sessions", "watch_ms"])
+        n = v.num_rows
+        zero = pa.array(np.zeros(n), pa.float64())
+        cols = {"user_id": v.column("user_id").cast(pa.int64()), "visited": pa.array(np.ones(n), pa.float64()),
+                "sessions": v.column("sessions").cast(pa.float64()), "watch_ms": v.column("watch_ms").cast(pa.float64())}
+        parts.append(pa.table({**cols, **{c: zero for c in _COUNT_COLUMNS if c not in cols}}))
+    if lake.has_partition("interactions", d):
+        fb = [f"is_{t}" for t in FEEDBACK_TYPES]
+        it = lake.read_table("interactions", d, columns=["user_id", "play_time_ms", *fb])
+        n = it.num_rows
+        zero = pa.array(np.zeros(n), pa.float64())
+        cols = {"user_id": it.column("user_id").cast(pa.int64()), "visited": zero, "sessions": zero,
+                "watch_ms": zero, "impressions": pa.array(np.ones(n), pa.float64()),
+                "play_time_ms": it.column("play_time_ms").cast(pa.float64()),
+                **{f"fb_{t}": it.column(f"is_{t}").cast(pa.float64()) for t in FEEDBACK_TYPES}}
+        parts.append(pa.table({c: cols[c] for c in ("user_id", "visited", *_COUNT_COLUMNS)}))
+    names = ["user_id", "visited", *_COUNT_COLUMNS]
+    if not parts:
+        return pa.schema([("user_id", pa.int64())] + [(c, pa.float64()) for c in names[1:]]).empty_table()
+    t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    g = t.group_by("user_id").aggregate([("visited", "max"), *((c, "sum") for c in _COUNT_COLUMNS)])
+    g = g.rename_columns([{"visited_max": "visited"}.get(c, c.removesuffix("_sum")) for c in g.column_names])
+    return g.select(names).sort_by("user_id")
+
+
+def _cache_rel(day: dt.date) -> str:
+    return f"{DAILY_CACHE}/dt={parse_date(day).isoformat()}"
+
+
+def _cached_ok(lake: Lake, day: dt.date, key: str) -> bool:
+    rel = _cache_rel(day)
+    if not lake.is_complete(rel):
+        return False
+    try:
+        return json.loads(lake.read_text(f"{rel}/{_KEY_FILE}")).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def _write_cache(spark, lake: Lake, days: list[dt.date], keys: dict[dt.date, str]) -> None:
+    """Compute and publish the cache entries of ``days``: days of at most :data:`DRIVER_MAX_ROWS`
+    rows with PyArrow (:func:`daily_arrow`), the others by one Spark job (one file per day); each
+    day is then swapped into place."""
+    token = uuid.uuid4().hex
+    staging = f"{DAILY_CACHE}/_staging/{token}"
+    try:
+        small = [d for d in days if _day_rows(lake, d) <= DRIVER_MAX_ROWS]
+        large = [d for d in days if d not in small]
+        if large:
+            load_daily(spark, lake, large).repartition("dt").write.mode("overwrite").option(
+                "compression", "zstd").partitionBy("dt").parquet(lake.uri(staging))
+        for d in small:
+            rel = f"{staging}/dt={d.isoformat()}"
+            lake.fs.create_dir(lake.fs_path(rel), recursive=True)
+            with lake.fs.open_output_stream(lake.fs_path(f"{rel}/part-00000.parquet")) as f:
+                pq.write_table(daily_arrow(lake, d), f, compression="zstd")
+        for d in days:
+            src = f"{staging}/dt={d.isoformat()}"
+            if not lake.exists(src):  # no row that day (an empty delivery): an entry without data files
+                lake.fs.create_dir(lake.fs_path(src), recursive=True)
+            lake.write_text(f"{src}/{_KEY_FILE}", json.dumps({"key": keys[d], "day": d.isoformat()}))
+            lake.write_text(f"{src}/_SUCCESS", "")
+            target = lake.fs_path(_cache_rel(d))
+            if lake.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                lake.fs.delete_dir(target)  # a stale entry (its inputs were republished)
+            lake.fs.move(lake.fs_path(src), target)
+    finally:
+        if lake.exists(staging):
+            lake.fs.delete_dir(lake.fs_path(staging))
+
+
+def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):
+    """:func:`load_daily` through a per-day cache in ``<lake>/_cache/activity_daily/dt=X``.
+
+    Day X's aggregates depend only on visits and interactions dt=X, so each day is computed once
+    and reused by every later run whose windows contain it; an entry is valid only for the
+    content version (:func:`daily_key`) it was computed from, so republishing an input
+    partition (or a changed drop list) recomputes that day. A day D run thus reduces only the
+    days it has not seen (normally D itself) and reads the rest. Same rows as
+    :func:`load_daily` (sums of integer counts are exact in float64, in any order). A lake that
+    cannot be written falls back to computing every day.
+    """
+    days = sorted({parse_date(d) for d in days})
+    keys = {d: k for d in days if (k := daily_key(lake, d)) is not None}
+    missing = [d for d in keys if not _cached_ok(lake, d, keys[d])]
+    if missing:
+        try:
+            _write_cache(spark, lake, missing, keys)
+        except OSError as e:
+            log.warning("activity daily cache not writable (%s): computing %d day(s) without it", e, len(days))
+            return load_daily(spark, lake, days)
+    log.info("activity daily aggregates: %d day(s) from the cache, %d computed", len(keys) - len(missing), len(missing))
+    base = lake.fs_path("")
+    paths = [lake.uri(posixpath.relpath(f, base)) for d in keys for f in lake.data_files(DAILY_CACHE, d)]
+    if not paths:
+        return spark.createDataFrame([], _daily_schema())
+    return spark.read.schema(_daily_schema()).option("basePath", lake.uri(DAILY_CACHE)).parquet(*paths)
 
 
 def target_users(spark, lake: Lake, pairs: Sequence[tuple[dt.date, dt.date]]):
@@ -333,6 +493,17 @@ def _sample_columns(df, targets: list[dt.date], seed: int):
     return df.withColumn("_r", r).withColumn("_valid", is_valid)
 
 
+def _split_counts(lake: Lake, targets: list[dt.date], tusers) -> dict[bool, int]:
+    """Rows per split (train / valid) before sampling: from the users snapshots' Parquet footers
+    when the latest target is the validation split (one row per user and snapshot), else one
+    Spark aggregation (a single target: a hashed fifth of its users is the validation split)."""
+    if len(targets) > 1:
+        rows = {t: sum(pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows
+                       for f in lake.data_files("users", t - dt.timedelta(days=1))) for t in targets}
+        return {False: sum(rows[t] for t in targets[:-1]), True: rows[targets[-1]]}
+    return {bool(row["_valid"]): int(row["count"]) for row in tusers.groupBy("_valid").count().collect()}
+
+
 def training_frame(
     spark, lake: Lake, targets: list[dt.date], lookback: int = 30, daily=None, max_rows: int | None = None, seed: int = 0
 ):
@@ -344,13 +515,38 @@ def training_frame(
     more than what :func:`collect_training` keeps. Returns (frame, rows per split before
     sampling as {is_valid: count}).
     """
+    out, counts, _, _ = training_and_serving(spark, lake, targets, None, lookback, daily, max_rows, seed)
+    return out, counts
+
+
+def training_and_serving(
+    spark,
+    lake: Lake,
+    targets: list[dt.date],
+    serve: tuple[dt.date, dt.date] | None,
+    lookback: int = 30,
+    daily=None,
+    max_rows: int | None = None,
+    seed: int = 0,
+):
+    """:func:`training_frame` and, with ``serve`` = (target day, users snapshot day), the serving
+    features of every user of that snapshot, out of ONE pass over the history.
+
+    Each user's history is gathered once for the training targets and the serving target
+    together (:func:`features_from_users` computes every target from its own window only, so the
+    rows equal separate calls); the shared feature frame is persisted, since the model must be
+    trained on the training rows before the serving rows are scored. Returns (training frame,
+    split counts, serving features or None, the persisted shared frame or None: the caller
+    unpersists it when the serving rows are scored).
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     targets = sorted(parse_date(t) for t in targets)
     pairs = [(t, t - dt.timedelta(days=1)) for t in targets]
-    daily = _history(spark, lake, targets, lookback, daily)
+    daily = _history(spark, lake, targets if serve is None else [*targets, parse_date(serve[0])], lookback, daily)
     tusers = _sample_columns(target_users(spark, lake, pairs), targets, seed)
-    counts = {bool(row["_valid"]): int(row["count"]) for row in tusers.groupBy("_valid").count().collect()}
+    counts = _split_counts(lake, targets, tusers)
     if max_rows:
         keep = F.lit(False)
         for valid in (False, True):
@@ -358,7 +554,21 @@ def training_frame(
             frac = 1.0 if n <= max_rows else min(1.0, 1.1 * max_rows / n + 1e-4)
             keep = keep | ((F.col("_valid") == F.lit(valid)) & (F.col("_r") < F.lit(int(frac * 2**31))))
         tusers = tusers.filter(keep)
-    feats = features_from_users(daily, tusers.drop("_r", "_valid"), lookback, targets)
+    tusers = tusers.drop("_r", "_valid")
+    all_targets = list(targets)
+    serve_t = None
+    if serve is not None:
+        serve_t, serve_ud = parse_date(serve[0]), parse_date(serve[1])
+        if serve_t in targets:
+            raise ValueError(f"serving day {serve_t} is also a training target")
+        tusers = tusers.unionByName(target_users(spark, lake, [(serve_t, serve_ud)]))
+        all_targets.append(serve_t)
+    feats = features_from_users(daily, tusers, lookback, all_targets)
+    serving = shared = None
+    if serve_t is not None:
+        feats = shared = feats.persist(StorageLevel.MEMORY_AND_DISK)
+        serving = feats.filter(F.col("target_dt") == F.lit(serve_t)).drop("target_dt")
+        feats = feats.filter(F.col("target_dt") != F.lit(serve_t))
     labels = None
     for t in targets:
         lab = lake.read_df(spark, "visits", [t], with_dt=False, required=True).select(
@@ -370,7 +580,7 @@ def training_frame(
         .withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
     )
     # mapInArrow drops _r/_valid; the hash is recomputed (same seed, same values) for collect_training
-    return _sample_columns(out, targets, seed), counts
+    return _sample_columns(out, targets, seed), counts, serving, shared
 
 
 def collect_training(df, names: list[str], max_rows: int, counts: dict[bool, int] | None = None) -> dict[str, Any]:
@@ -475,63 +685,7 @@ def apply_policy(scores, cfg: ActivityConfig, n_items: int, L: int, Q: int):
     return out, n
 
 
-# ---------------------------------------------------------------------- metrics
-def _user_ids(lake: Lake, table: str, day: dt.date) -> np.ndarray | None:
-    if not lake.has_partition(table, day):
-        return None
-    return np.unique(lake.read_table(table, day, columns=["user_id"]).column("user_id").to_numpy())
-
-
-def _share_active(users: np.ndarray | None, active: np.ndarray | None) -> float | None:
-    if users is None or active is None or users.size == 0:
-        return None
-    return float(np.isin(users, active).mean())
-
-
-def activity_metrics(spark, lake: Lake, day) -> dict[str, float | None]:
-    """Activity metrics of day D for ``evaluate`` (None where not computable).
-
-    * ``auc``: p_active of activity_scores dt=D against "user in visits dt=D+1".
-    * ``auc_baseline_last_day``: same labels, score = "user in visits dt=D".
-    * ``hit_rate``: share of dispatched users (match_sets dt=D) active on D+1; the
-      available users of activity_scores dt=D when no match_sets partition exists.
-    * ``hit_rate_available``: share of available users active on D+1.
-    * ``hit_rate_all_users``: share of the users snapshot dt=D active on D+1 (the
-      "no activity model" reference: paper 49 % vs 82 %).
-
-    Reads with PyArrow (columns only); ``spark`` is accepted for a uniform metrics API.
-    """
-    d = parse_date(day)
-    nxt = d + dt.timedelta(days=1)
-    out: dict[str, float | None] = {
-        "auc": None,
-        "auc_baseline_last_day": None,
-        "hit_rate": None,
-        "hit_rate_available": None,
-        "hit_rate_all_users": None,
-    }
-    active_next = _user_ids(lake, "visits", nxt)
-    if active_next is None:
-        return out
-    out["hit_rate_all_users"] = _share_active(_user_ids(lake, "users", d), active_next)
-    available = None
-    if lake.has_partition("activity_scores", d):
-        s = lake.read_table("activity_scores", d, columns=["user_id", "p_active", "available"])
-        uid = s.column("user_id").to_numpy()
-        p = s.column("p_active").to_numpy()
-        avail = s.column("available").to_numpy(zero_copy_only=False).astype(bool)
-        y = np.isin(uid, active_next)
-        out["auc"] = roc_auc(y, p)
-        active_today = _user_ids(lake, "visits", d)
-        if active_today is not None:
-            out["auc_baseline_last_day"] = roc_auc(y, np.isin(uid, active_today).astype(np.float64))
-        available = np.unique(uid[avail])
-        out["hit_rate_available"] = _share_active(available, active_next)
-    dispatched = _user_ids(lake, "match_sets", d)
-    out["hit_rate"] = _share_active(dispatched if dispatched is not None else available, active_next)
-    return out
-
-
+# ---------------------------------------------------------------------- demand
 def count_items(lake: Lake, day) -> int:
     """Items uploaded on ``day`` (0 with a warning when the partition is absent)."""
     d = parse_date(day)
@@ -543,7 +697,9 @@ def count_items(lake: Lake, day) -> int:
 
 __all__ = [
     "FEEDBACK_TYPES",
-    "activity_metrics",
+    "cached_daily",
+    "daily_arrow",
+    "daily_key",
     "apply_policy",
     "collect_training",
     "count_items",
@@ -557,6 +713,7 @@ __all__ = [
     "history_window",
     "load_daily",
     "predict_scores",
+    "training_and_serving",
     "training_frame",
     "training_target_days",
 ]

@@ -47,6 +47,10 @@ def get_spark(cfg: SparkConfig | None = None):
         # per-user / per-item feature tables (tens of MB at medium; AQE re-plans with actual sizes) join the candidate pairs by
         # broadcast instead of shuffling millions of pairs twice (sort-merge); cfg.conf may override
         .config("spark.sql.autoBroadcastJoinThreshold", "64m")
+        # the lake hands Spark explicit file lists (Lake.read_df: tens of partitions for a window); above this
+        # many paths Spark lists them with a Spark job of its own, a fixed cost per read that a driver-side
+        # listing of a few hundred files does not have
+        .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "1024")
     )
     if not launched_by_spark_submit():
         # spark-submit's --name (the Airflow task names each stage) and --master win

@@ -11,6 +11,7 @@ import pytest
 
 from dualrec import activity as A
 from dualrec.config import ActivityConfig, DualRecConfig
+from dualrec.evaluation.day import activity_section, load_day
 from dualrec.lake import Lake, date_range
 from dualrec.stages.base import StageContext
 from models import activity as M
@@ -133,6 +134,11 @@ def _cfg(**activity) -> DualRecConfig:
 
 def _rows(df) -> dict[int, dict]:
     return {r["user_id"]: r.asDict() for r in df.collect()}
+
+
+def _metrics(lake: Lake, day: dt.date) -> dict:
+    """The activity figures of day D as the product computes them (``evaluate``, the metrics stage)."""
+    return activity_section(load_day(lake, day), DualRecConfig())
 
 
 # ---------------------------------------------------------------------- features
@@ -327,9 +333,10 @@ def test_stage_writes_valid_scores_and_ignores_the_future(spark, tmp_path):
     assert man["auc"] > 0.6
 
     # the activity model beats "everyone" and the hit rate is computable once D+1 exists
-    m = A.activity_metrics(spark, lake, day)
+    m = _metrics(lake, day)
     assert m["auc"] > 0.6 and m["auc_baseline_last_day"] > 0.5
-    assert m["hit_rate"] == m["hit_rate_available"] and m["hit_rate"] > m["hit_rate_all_users"]
+    assert m["hit_rate"] is None  # no dispatch in this lake
+    assert m["hit_rate_available"] > m["hit_rate_all_users"]
 
     # rewrite every partition after D: everyone visits, likes everything, new users appear
     for d in date_range(day + dt.timedelta(days=1), D0 + dt.timedelta(days=11)):
@@ -343,15 +350,16 @@ def test_stage_writes_valid_scores_and_ignores_the_future(spark, tmp_path):
     assert _rows(A.features_for_target(spark, lake, day + dt.timedelta(days=1), day)) == feats_before
     _run(lake, day, spark, cfg)
     assert _scores(lake, day) == before  # also: deterministic for the same inputs and seed
-    assert A.activity_metrics(spark, lake, day)["hit_rate_all_users"] == 1.0  # the future did change
+    assert _metrics(lake, day)["hit_rate_all_users"] == 1.0  # the future did change
 
 
 def test_metrics_none_when_not_computable_and_prefer_match_sets(tmp_path, spark):
     lake = Lake(str(tmp_path / "m"))
     day = D0
-    m = A.activity_metrics(spark, lake, day)
+    m = _metrics(lake, day)
     assert set(m) >= {"auc", "auc_baseline_last_day", "hit_rate", "hit_rate_all_users"}
-    assert all(v is None for v in m.values())
+    assert all(m[k] is None for k in ("auc", "auc_baseline_last_day", "hit_rate", "hit_rate_available",
+                                      "hit_rate_all_users"))
     lake.write_table("users", day, _users([1, 2, 3, 4]))
     lake.write_table("visits", day, _visits([1, 2]))
     lake.write_table("visits", day + dt.timedelta(days=1), _visits([1, 3]))
@@ -360,9 +368,10 @@ def test_metrics_none_when_not_computable_and_prefer_match_sets(tmp_path, spark)
         day,
         pa.table({"user_id": [1, 2, 3, 4], "p_active": [0.9, 0.2, 0.8, 0.1], "available": [True, True, False, False]}),
     )
-    m = A.activity_metrics(spark, lake, day)
+    m = _metrics(lake, day)
     assert m["auc"] == 1.0 and m["auc_baseline_last_day"] == 0.5
-    assert m["hit_rate"] == 0.5 and m["hit_rate_all_users"] == 0.5
+    assert m["hit_rate"] is None  # nothing dispatched yet
+    assert m["hit_rate_available"] == 0.5 and m["hit_rate_all_users"] == 0.5
     lake.write_table(
         "match_sets",
         day,
@@ -377,7 +386,7 @@ def test_metrics_none_when_not_computable_and_prefer_match_sets(tmp_path, spark)
             }
         ),
     )
-    m = A.activity_metrics(spark, lake, day)
+    m = _metrics(lake, day)
     assert m["hit_rate"] == 1.0 and m["hit_rate_available"] == 0.5
 
 
@@ -405,9 +414,9 @@ def test_stage_on_tiny_world(spark, tiny_world, tmp_path):
     snapshot = lake.read_table("users", day, columns=["user_id"]).num_rows
     assert stats["users"] == snapshot
     assert 0 < stats["available"] <= snapshot
-    m = A.activity_metrics(spark, lake, day)
+    m = _metrics(lake, day)
     assert m["auc"] > 0.75, m
-    assert m["hit_rate"] > m["hit_rate_all_users"] + 0.1, m
+    assert m["hit_rate_available"] > m["hit_rate_all_users"] + 0.1, m
     before = _scores(lake, day)
     # every later partition: everyone visits
     for d in date_range(day + dt.timedelta(days=1), D0 + dt.timedelta(days=13)):
@@ -415,3 +424,73 @@ def test_stage_on_tiny_world(spark, tiny_world, tmp_path):
         lake.write_table("visits", d, _visits(ids))
     _run(lake, day, spark, cfg)
     assert _scores(lake, day) == before
+
+
+# ---------------------------------------------------------------------- per-day cache of the aggregates
+def _daily_rows(df) -> list[tuple]:
+    cols = ["user_id", "dt", "visited", *A._COUNT_COLUMNS]
+    return sorted(tuple(r[c] for c in cols) for r in df.collect())
+
+
+def _entry_key(lake: Lake, d: dt.date) -> str:
+    return json.loads(lake.read_text(f"{A.DAILY_CACHE}/dt={d}/_key.json"))["key"]
+
+
+@pytest.mark.parametrize("driver_max_rows", [5_000_000, 0], ids=["pyarrow", "spark"])
+def test_cached_daily_equals_load_daily_and_a_republished_day_is_recomputed(spark, tmp_path, monkeypatch,
+                                                                            driver_max_rows):
+    monkeypatch.setattr(A, "DRIVER_MAX_ROWS", driver_max_rows)  # which engine reduces a missing day
+    lake = _world(tmp_path, n_users=60, days=6)
+    days = date_range(D0 - dt.timedelta(days=2), D0 + dt.timedelta(days=5))  # two days before the lake begins
+    ref = _daily_rows(A.load_daily(spark, lake, days))
+    assert _daily_rows(A.cached_daily(spark, lake, days)) == ref  # cold: every day computed and cached
+    present = date_range(D0, D0 + dt.timedelta(days=5))
+    assert [d for d in days if lake.is_complete(f"{A.DAILY_CACHE}/dt={d}")] == present
+    keys = {d: _entry_key(lake, d) for d in present}
+    assert _daily_rows(A.cached_daily(spark, lake, days)) == ref  # warm: read back, same rows
+
+    # republish day 3's visits: only that entry is invalid; the result follows the new delivery
+    d3 = D0 + dt.timedelta(days=3)
+    lake.write_table("visits", d3, _visits(range(1, 61)))
+    assert A.daily_key(lake, d3) != keys[d3]
+    fresh = _daily_rows(A.load_daily(spark, lake, days))
+    assert fresh != ref
+    assert _daily_rows(A.cached_daily(spark, lake, days)) == fresh
+    assert _entry_key(lake, d3) == A.daily_key(lake, d3)
+    assert {d: _entry_key(lake, d) for d in present if d != d3} == {d: k for d, k in keys.items() if d != d3}
+
+
+def test_stage_with_cache_equals_stage_without_and_backfill_equals_one_day(spark, tmp_path):
+    """Day D from a cold lake, from a cache filled by running D-1 first (a backfill), and from a cache
+    whose entries were all computed by D's own earlier run: the same activity_scores and model."""
+    import shutil
+
+    lake = _world(tmp_path)
+    day = D0 + dt.timedelta(days=8)
+    root_b = str(tmp_path / "world_b")
+    shutil.copytree(lake.root, root_b)
+    lake_b = Lake(root_b)
+    _run(lake, day, spark)  # cold cache
+    cold = _scores(lake, day)
+    _run(lake, day, spark)  # warm cache
+    assert _scores(lake, day) == cold
+    _run(lake_b, day - dt.timedelta(days=1), spark)  # backfill order: D-1 fills the cache, D reuses it
+    _run(lake_b, day, spark)
+    assert _scores(lake_b, day) == cold
+    assert lake.read_text(f"_models/activity/dt={day}/model.json") == lake_b.read_text(f"_models/activity/dt={day}/model.json")
+
+
+def test_training_and_serving_in_one_pass_equal_separate_frames(spark, tmp_path):
+    lake = _world(tmp_path, n_users=120)
+    day = D0 + dt.timedelta(days=8)
+    targets = A.training_target_days(lake, day, 3)
+    train, counts, serving, shared = A.training_and_serving(
+        spark, lake, targets, (day + dt.timedelta(days=1), day), max_rows=200, seed=4
+    )
+    ref_train, ref_counts = A.training_frame(spark, lake, targets, max_rows=200, seed=4)
+    assert counts == ref_counts == {False: 240, True: 120}  # from the users footers: 2 + 1 snapshots of 120 users
+    key = lambda r: (r["user_id"], r["target_dt"])  # noqa: E731
+    assert sorted(map(lambda r: r.asDict(), train.collect()), key=key) == sorted(
+        map(lambda r: r.asDict(), ref_train.collect()), key=key)
+    assert _rows(serving) == _rows(A.features_for_target(spark, lake, day + dt.timedelta(days=1), day))
+    shared.unpersist()

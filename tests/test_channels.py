@@ -271,6 +271,14 @@ def test_retrieve_job_writes_candidates(lake, spark):
     both = cand[(cand.item_id == 100) & (cand.user_id == 1)].iloc[0]
     assert "i2i2u" in list(both["channels"]) and both["score_i2i2u"] == pytest.approx(1.9)
     assert set(stats["channel_share"]) <= {"two_tower", "i2i2u", "i2u2u"}
+    # the one-aggregation stats agree with the per-channel definitions
+    cdf = lake.read_df(spark, "candidates", [D], with_dt=False)
+    assert stats["channel_share"] == pytest.approx(channel_shares(cdf))
+    for n in ("two_tower", "i2i2u", "i2u2u"):
+        has = cand["channels"].map(lambda c, n=n: n in list(c))
+        assert stats["pairs_by_channel"][n] == int(has.sum())
+        assert stats["items_by_channel"][n] == cand.loc[has, "item_id"].nunique()
+    assert stats["items_with_candidates"] == cand["item_id"].nunique()
 
 
 # ---------------------------------------------------------------------- declarative registry

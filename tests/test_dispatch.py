@@ -530,3 +530,30 @@ def test_flow_kernel_takes_extreme_scores(g):
 
     chosen = flow_kernel(np.array([0]), 1, np.array([0]), np.array([g]), np.array([1]), np.array([1]))
     assert chosen.tolist() == [True]
+
+
+def test_day_without_uploads_publishes_valid_empty_outputs_without_spark(tmp_path):
+    """Nothing ranked: match sets empty, every available user unmatched through every batch; no session needed."""
+    from dualrec.stages.dispatch import run
+    from dualrec.stages.retrieve import run as retrieve
+    from dualrec.stages.similarity import run as similarity
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_meta({"emb_dim": 4, "allow_empty_tables": ["items"]})
+    items, activity, ranked = _world(0)
+    lake.write_table("items", DAY, items.slice(0, 0))
+    lake.write_table("activity_scores", DAY, activity)
+    lake.write_table("ranked", DAY, ranked.slice(0, 0))
+    ctx = _ctx(lake, None)
+    ctx._spark = "no Spark session on an empty day"  # any use of ctx.spark would fail on this string
+    stats = run(ctx)
+    n_avail = int(np.sum(activity.column("available").to_numpy(zero_copy_only=False)))
+    assert stats["pairs"] == 0 and stats["available_users"] == n_avail
+    assert lake.read_table("match_sets", DAY).num_rows == 0 and lake.read_table("user_match_sets", DAY).num_rows == 0
+    au = lake.read_table("available_users", DAY)
+    assert au.num_rows == n_avail * 4 and set(au.column("matched").to_pylist()) == {0}
+    assert all(au.column("available").to_pylist())
+    assert retrieve(ctx)["candidates"] == 0 and lake.read_table("candidates", DAY).num_rows == 0
+    assert similarity(ctx)["day_items"] == 0
+    for t in ("item_similar", "item_positive_users", "user_similar", "candidates", "match_sets", "available_users"):
+        assert lake.validate_dir(t, DAY).ok, t

@@ -4,8 +4,10 @@ U~ = {u : a_u = 1, |D_u| < Q}. The day's uploads are processed in micro-batches 
 order; each batch's edges go through the NumPy kernel of the configured policy inside one
 Spark task (``mapInArrow``), and the store after batch b is recomputed from the store after
 b-1 and batch b's assignment (never appended in place), so a rerun of a batch or a day cannot
-double-count. ``optimal`` assigns the whole day in one task and then replays the store batch by
-batch. :func:`check_invariants` runs before anything is published.
+double-count. ``optimal`` assigns the whole day in one task and derives the store after every
+batch from that assignment in one plan (:func:`store_snapshots`: a running sum per user), so it
+pays a fixed number of Spark jobs, not a few per micro-batch. :func:`check_invariants` runs
+before anything is published.
 """
 
 from __future__ import annotations
@@ -59,26 +61,56 @@ def item_order_df(items_df, batches_per_day: int):
 
 
 def check_ranked_against_items(ranked_df, order_df, sample: int = 5) -> None:
-    """Every ranked item must be a dispatched upload of the day in the batch its upload time says."""
+    """Every ranked item must be a dispatched upload of the day in the batch its upload time says.
+
+    One aggregation counts the three kinds of bad rows; samples are collected only when one broke.
+    """
     j = ranked_df.select("item_id", F.col("batch").alias("ranked_batch"), "g").join(order_df, "item_id", "left")
-    bad_item = j.filter(F.col("item_rank").isNull()).select("item_id").distinct().limit(sample).collect()
-    if bad_item:
+    checks = {
+        "item": F.col("item_rank").isNull(),
+        "batch": F.col("item_rank").isNotNull() & (F.col("ranked_batch") != F.col("batch")),
+        "g": F.isnan("g") | F.col("g").isNull(),
+    }
+    counts = j.agg(*[F.sum(F.when(c, 1).otherwise(0)).alias(k) for k, c in checks.items()]).first()
+    if counts["item"]:
+        bad_item = j.filter(checks["item"]).select("item_id").distinct().limit(sample).collect()
         raise BadInputError(
             "table 'ranked', column 'item_id': item(s) not uploaded on this day (absent from 'items'), "
             f"sample: {[r.item_id for r in bad_item]}"
         )
-    bad_batch = (
-        j.filter(F.col("ranked_batch") != F.col("batch"))
-        .select("item_id", "ranked_batch", "batch").distinct().limit(sample).collect()
-    )
-    if bad_batch:
+    if counts["batch"]:
+        bad_batch = j.filter(checks["batch"]).select("item_id", "ranked_batch", "batch").distinct().limit(sample).collect()
         raise BadInputError(
             "table 'ranked', column 'batch': batch differs from the batch of the item's upload_ts "
             f"(dualrec.batches), sample: {[r.asDict() for r in bad_batch]}"
         )
-    bad_g = j.filter(F.isnan("g") | F.col("g").isNull()).select("item_id").limit(sample).collect()
-    if bad_g:
+    if counts["g"]:
+        bad_g = j.filter(checks["g"]).select("item_id").limit(sample).collect()
         raise BadInputError(f"table 'ranked', column 'g': NaN/null scores for item(s) {[r.item_id for r in bad_g]}")
+
+
+def store_snapshots(store0_df, selected_df, Q: int, batches_per_day: int):
+    """The store after every batch in one plan: |D_u| so far = running sum of the user's matches by batch.
+
+    Equal to chaining :func:`update_store` over the batches (what the online policies do), but one
+    Spark job instead of one per batch: used when the day's assignment is known at once (``optimal``).
+    """
+    spark = store0_df.sparkSession
+    per = selected_df.groupBy("user_id", F.col("batch").cast("int").alias("batch")).agg(
+        F.count(F.lit(1)).cast("int").alias("_n")
+    )
+    grid = store0_df.select("user_id", "matched").crossJoin(
+        spark.range(batches_per_day).select(F.col("id").cast("int").alias("batch"))
+    )
+    w = Window.partitionBy("user_id").orderBy("batch").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return (
+        grid.join(per, ["user_id", "batch"], "left")
+        .select(
+            "batch", "user_id",
+            (F.col("matched") + F.sum(F.coalesce(F.col("_n"), F.lit(0))).over(w)).cast("int").alias("matched"),
+        )
+        .withColumn("available", F.col("matched") < F.lit(Q))
+    )
 
 
 def update_store(store_df, selected_df, Q: int):
@@ -93,7 +125,7 @@ def update_store(store_df, selected_df, Q: int):
 
 
 def check_invariants(match_sets_df, available_users_df, store0_df, L: int, Q: int, batches_per_day: int,
-                     sample: int = 5) -> None:
+                     sample: int = 5, n_users: int | None = None) -> None:
     """Raise :class:`DispatchInvariantError` unless every hard invariant holds (run before publishing).
 
     |D_u| <= Q, item <= L users, no duplicate pair, only initially available users; the store has
@@ -129,13 +161,17 @@ def check_invariants(match_sets_df, available_users_df, store0_df, L: int, Q: in
         & (F.col("matched") != F.coalesce(F.col("du"), F.lit(0))),
     }
     problems: list[str] = []
+    n_rows = 0
     for df, checks in ((u, u_checks), (per_item, i_checks), (st, s_checks)):
-        counts = df.agg(*[flag(c).alias(f"c{k}") for k, c in enumerate(checks.values())]).first()
+        counts = df.agg(*[flag(c).alias(f"c{k}") for k, c in enumerate(checks.values())],
+                        F.count(F.lit(1)).alias("_rows")).first()
+        n_rows = int(counts["_rows"])  # the last frame is the store: its row count is checked below
         for k, (name, cond) in enumerate(checks.items()):
             if counts[f"c{k}"]:
                 rows = [r.asDict() for r in df.filter(cond).limit(sample).collect()]
                 problems.append(f"{name}: {counts[f'c{k}']} row(s), sample {rows}")
-    n_users, n_rows = store0_df.count(), available_users_df.count()
+    if n_users is None:
+        n_users = store0_df.count()
     if n_rows != n_users * batches_per_day:
         problems.append(f"available_users has {n_rows} rows, expected {n_users} users x {batches_per_day} batches")
     if problems:
@@ -208,24 +244,34 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
         .join(order, "item_id")
         .join(activity_df.filter(F.col("available")).select("user_id", "p_active"), "user_id")  # available only
         .select(*_EDGE_COLS)
-        .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    per_batch = {r["batch"]: r["n"] for r in edges.groupBy("batch").agg(F.count(F.lit(1)).alias("n")).collect()}
-    store = store0
-    snapshots, selected = [], []
     budgets: dict[int, int] = {}
     if policy == "optimal":
+        # the whole day in one kernel call; the store after each batch follows from the assignment in one plan
+        # (no Spark job per micro-batch)
         floor = optimal_floor(n_items, n_users, L, Q, params)
-        day_sel = assign_edges(edges.withColumn("cap", F.lit(Q).cast("int")), policy, L, floor, params)
-        day_sel = day_sel.drop("cap", "p_active").localCheckpoint()
-    slots = n_users * Q
-    seen = 0
-    for b in range(batches_per_day):
-        seen += int(items_per_batch[b])
-        if per_batch.get(b, 0):
-            if policy == "optimal":
-                sel = day_sel.filter(F.col("batch") == b)
-            else:
+        sel_all = assign_edges(edges.withColumn("cap", F.lit(Q).cast("int")), policy, L, floor, params)
+        sel_all = sel_all.drop("cap", "p_active").localCheckpoint()
+        per_batch = {int(r["batch"]): int(r["n"]) for r in
+                     sel_all.groupBy("batch").agg(F.count(F.lit(1)).alias("n")).collect()}
+        for b in range(batches_per_day):
+            if per_batch.get(b):
+                log.info("dispatch batch %d: %d assigned", b, per_batch[b])
+            if on_batch is not None:
+                on_batch(b + 1, batches_per_day)
+        available = store_snapshots(store0, sel_all, Q, batches_per_day).localCheckpoint()
+        n_edges = None
+    else:
+        edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
+        per_batch = {r["batch"]: r["n"] for r in edges.groupBy("batch").agg(F.count(F.lit(1)).alias("n")).collect()}
+        n_edges = int(sum(per_batch.values()))
+        store = store0
+        snapshots, selected = [], []
+        slots = n_users * Q
+        seen = 0
+        for b in range(batches_per_day):
+            seen += int(items_per_batch[b])
+            if per_batch.get(b, 0):
                 cap_item = L
                 if policy == "paced":
                     rest = forecast_remaining(curve, b, batches_per_day, seen)
@@ -236,41 +282,41 @@ def dispatch_day(spark, ranked_df, items_df, activity_df, L: int, Q: int, batche
                     .withColumn("cap", (F.lit(Q) - F.col("matched")).cast("int"))
                     .drop("matched")
                 )
-                sel = assign_edges(eb, policy, cap_item, params=params).drop("cap", "p_active")
-            sel = sel.localCheckpoint()
-            n_sel = sel.count()
-            slots -= n_sel
-            selected.append(sel)
-            store = update_store(store, sel, Q).localCheckpoint()
-            log.info("dispatch batch %d: %d edges, %d assigned", b, per_batch[b], n_sel)
-        snapshots.append(store.withColumn("batch", F.lit(b).cast("int")))
-        if on_batch is not None:
-            on_batch(b + 1, batches_per_day)  # progress display: batch j of n
-    edges.unpersist()
-    if selected:
-        sel_all = functools.reduce(lambda a, c: a.unionByName(c), selected)
-    else:
-        sel_all = spark.createDataFrame([], edges.drop("item_rank", "p_active").schema)
+                sel = assign_edges(eb, policy, cap_item, params=params).drop("cap", "p_active").localCheckpoint()
+                n_sel = sel.count()
+                slots -= n_sel
+                selected.append(sel)
+                store = update_store(store, sel, Q).localCheckpoint()
+                log.info("dispatch batch %d: %d edges, %d assigned", b, per_batch[b], n_sel)
+            snapshots.append(store.withColumn("batch", F.lit(b).cast("int")))
+            if on_batch is not None:
+                on_batch(b + 1, batches_per_day)  # progress display: batch j of n
+        edges.unpersist()
+        if selected:
+            sel_all = functools.reduce(lambda a, c: a.unionByName(c), selected)
+        else:
+            sel_all = spark.createDataFrame([], edges.drop("item_rank", "p_active").schema)
+        available = functools.reduce(lambda a, c: a.unionByName(c), snapshots).select(
+            "batch", "user_id", "matched", "available"
+        )
     match_sets = add_rank_in_item(sel_all).localCheckpoint()
-    available = functools.reduce(lambda a, c: a.unionByName(c), snapshots).select(
-        "batch", "user_id", "matched", "available"
-    )
-    per_item = match_sets.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"), F.sum("g").alias("sg"))
-    agg = per_item.agg(
-        F.sum("n").alias("pairs"), F.sum("sg").alias("total_g"), F.count(F.lit(1)).alias("covered"),
-        F.sum(F.when(F.col("n") >= L, 1).otherwise(0)).alias("full"),
+    agg = match_sets.agg(
+        F.count(F.lit(1)).alias("pairs"), F.sum("g").alias("total_g"),
+        F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("covered"),
+        F.sum(F.when(F.col("rank_in_item") >= L, 1).otherwise(0)).alias("full"),  # rank_in_item reaches L once per full item
     ).first()
     stats = {
         "policy": policy,
         "items": n_items,
-        "edges": int(sum(per_batch.values())),
         "available_users": n_users,
         "pairs": int(agg["pairs"] or 0),
         "total_g": float(agg["total_g"] or 0.0),
-        "users_matched": match_sets.select("user_id").distinct().count(),
-        "items_covered": int(agg["covered"]),
+        "users_matched": int(agg["users"] or 0),
+        "items_covered": int(agg["covered"] or 0),
         "items_full": int(agg["full"] or 0),
     }
+    if n_edges is not None:
+        stats["edges"] = n_edges
     if budgets:
         stats["paced_budgets"] = {str(k): v for k, v in budgets.items()}
     return DayDispatch(match_sets, user_match_sets_df(match_sets), available, store0, stats)

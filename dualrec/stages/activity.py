@@ -44,36 +44,36 @@ def run(ctx: StageContext) -> dict:
     names = A.feature_names(lookback)
 
     targets = A.training_target_days(lake, day, acfg.train_target_days)
-    # one cached per-(user, day) frame over every day any target (and the serving day) may read
-    daily = A.load_daily(spark, lake, date_range(targets[0] - dt.timedelta(days=lookback), day)).persist()
-    try:
-        train_df, counts = A.training_frame(
-            spark, lake, targets, lookback, daily, acfg.max_train_rows, ctx.seed("activity.sample")
-        )
-        data = A.collect_training(train_df, names, acfg.max_train_rows, counts)
-        model = M.train(
-            data["X_train"], data["y_train"], data["X_valid"], data["y_valid"], names, acfg, ctx.seed("activity.xgb")
-        )
-        M.save(
-            lake,
-            day,
-            model,
-            {
-                "training_target_days": [t.isoformat() for t in targets],
-                "validation_day": targets[-1].isoformat(),
-                "lookback_days": lookback,
-                "predicts_for": (day + dt.timedelta(days=1)).isoformat(),
-                "label": "user present in visits dt=target",
-            },
-        )
-        feats = A.features_for_target(spark, lake, day + dt.timedelta(days=1), day, lookback, daily)
-        scores = A.predict_scores(spark, feats, model.model_bytes(), names).persist()
-        n_items = A.count_items(lake, day)
-        out, n_target = A.apply_policy(scores, acfg, n_items, ctx.cfg.dispatch.L, ctx.cfg.dispatch.Q)
-        lake.write_df(out, "activity_scores", day)
-        scores.unpersist()
-    finally:
-        daily.unpersist()
+    # per-(user, day) aggregates over every day any target (and the serving day) may read: each day
+    # is reduced once and cached in the lake by the content version of its inputs (A.cached_daily)
+    daily = A.cached_daily(spark, lake, date_range(targets[0] - dt.timedelta(days=lookback), day))
+    # training rows (targets <= D) and serving rows (D + 1, users dt=D) from one pass over the history
+    train_df, counts, feats, shared = A.training_and_serving(
+        spark, lake, targets, (day + dt.timedelta(days=1), day), lookback, daily, acfg.max_train_rows,
+        ctx.seed("activity.sample"),
+    )
+    data = A.collect_training(train_df, names, acfg.max_train_rows, counts)
+    model = M.train(
+        data["X_train"], data["y_train"], data["X_valid"], data["y_valid"], names, acfg, ctx.seed("activity.xgb")
+    )
+    M.save(
+        lake,
+        day,
+        model,
+        {
+            "training_target_days": [t.isoformat() for t in targets],
+            "validation_day": targets[-1].isoformat(),
+            "lookback_days": lookback,
+            "predicts_for": (day + dt.timedelta(days=1)).isoformat(),
+            "label": "user present in visits dt=target",
+        },
+    )
+    scores = A.predict_scores(spark, feats, model.model_bytes(), names).persist()
+    n_items = A.count_items(lake, day)
+    out, n_target = A.apply_policy(scores, acfg, n_items, ctx.cfg.dispatch.L, ctx.cfg.dispatch.Q)
+    lake.write_df(out, "activity_scores", day)
+    scores.unpersist()
+    shared.unpersist()
     written = lake.read_table("activity_scores", day, columns=["available"])
     n_avail = int(written.column("available").to_numpy(zero_copy_only=False).sum())
     stats = {

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from dualrec.config import DualRecConfig, step_seed
 from dualrec.lake import Lake, LakeError
 from dualrec.registry import STAGES, stage_spec, table_producer
 from dualrec.spark import get_spark
 from dualrec.validation import InputChecks, check_reads, record_stage_inputs
-from schemas.tables import TABLES
+from schemas.tables import TABLES, arrow_schema
 from schemas.validate import BadInputError
 
 log = logging.getLogger("dualrec")
@@ -56,6 +58,20 @@ class StageContext:
     def seed(self, step: str) -> int:
         """Deterministic per-step seed from the config seed, the date and the step name."""
         return step_seed(self.cfg.seed, self.day, step)
+
+
+def partition_rows(lake: Lake, table: str, day: dt.date) -> int:
+    """Rows of a partition from its Parquet footers (0 when absent): no data read, no Spark job.
+
+    Stages use it to short-circuit a day without uploads (nothing to retrieve or dispatch)."""
+    if not lake.has_partition(table, day):
+        return 0
+    return sum(pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows for f in lake.data_files(table, day))
+
+
+def write_empty(lake: Lake, table: str, day: dt.date, names=()) -> None:
+    """Publish a valid empty partition of ``table`` (``names``: pattern columns such as score_<channel>)."""
+    lake.write_table(table, day, arrow_schema(table, names).empty_table())
 
 
 def check_stage_inputs(
@@ -129,4 +145,5 @@ def run_stage(name: str, fn: Callable[[StageContext], dict] | None, ctx: StageCo
     return result
 
 
-__all__ = ["STAGES", "StageContext", "StageError", "check_stage_inputs", "run_stage", "stage_fn", "stage_reads"]
+__all__ = ["STAGES", "StageContext", "StageError", "check_stage_inputs", "partition_rows", "run_stage", "stage_fn",
+           "stage_reads", "write_empty"]

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from dualrec.batches import batch_of_seconds
 from dualrec.dispatch import PolicyParams, check_invariants, dispatch_day, upload_curve
 from dualrec.lake import Lake
-from dualrec.stages.base import StageContext
+from dualrec.stages.base import StageContext, partition_rows, write_empty
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,42 @@ def reads(cfg, day):
     return {"items": days}
 
 
+EMPTY_DAY_MAX_ROWS = 5_000_000  # store rows (available users x batches) built on the driver on a day with nothing ranked
+
+
+def empty_day(ctx: StageContext) -> dict | None:
+    """A day with nothing ranked (no uploads): publish the outputs without Spark, or None when the
+    store is too large to build on the driver (the Spark path handles an empty day as well).
+
+    Nothing is matched, so every available user keeps |D_u| = 0 through every batch."""
+    lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.dispatch
+    scores = lake.read_table("activity_scores", day, columns=["user_id", "available"])
+    users = np.unique(scores.filter(scores.column("available")).column("user_id").to_numpy(zero_copy_only=False))
+    nb = cfg.batches_per_day
+    if len(users) * nb > EMPTY_DAY_MAX_ROWS:
+        return None
+    store = pa.table({
+        "batch": pa.array(np.repeat(np.arange(nb, dtype=np.int32), len(users)), pa.int32()),
+        "user_id": pa.array(np.tile(users.astype(np.int64), nb), pa.int64()),
+        "matched": pa.array(np.zeros(len(users) * nb, np.int32), pa.int32()),
+        "available": pa.array(np.ones(len(users) * nb, bool)),
+    })
+    lake.write_table("available_users", day, store)
+    write_empty(lake, "user_match_sets", day)
+    write_empty(lake, "match_sets", day)  # last: match_sets present = the day's dispatch is complete
+    stats = {"policy": cfg.policy, "items": partition_rows(lake, "items", day), "available_users": int(len(users)),
+             "pairs": 0, "total_g": 0.0, "users_matched": 0, "items_covered": 0, "items_full": 0}
+    log.info("dispatch %s: nothing ranked, empty match sets published: %s", day, stats)
+    return stats
+
+
 def run(ctx: StageContext) -> dict:
     """Dispatch day D's uploads to available users (store, assignment, match sets)."""
     cfg = ctx.cfg.dispatch
-    lake, spark, day = ctx.lake, ctx.spark, ctx.day
+    lake, day = ctx.lake, ctx.day
+    if partition_rows(lake, "ranked", day) == 0 and (stats := empty_day(ctx)) is not None:
+        return stats
+    spark = ctx.spark
     ranked = lake.read_df(spark, "ranked", [day], with_dt=False)
     items = lake.read_df(spark, "items", [day], with_dt=False)
     activity = lake.read_df(spark, "activity_scores", [day], with_dt=False)
@@ -68,7 +100,8 @@ def run(ctx: StageContext) -> dict:
         policy=cfg.policy, curve=curve, params=PolicyParams.from_config(cfg),
         on_batch=lambda j, n: ctx.step("batch", j, n),
     )
-    check_invariants(out.match_sets, out.available_users, out.store0, cfg.L, cfg.Q, cfg.batches_per_day)
+    check_invariants(out.match_sets, out.available_users, out.store0, cfg.L, cfg.Q, cfg.batches_per_day,
+                     n_users=out.stats["available_users"])
     lake.write_df(out.available_users, "available_users", day, coalesce=None)
     lake.write_df(out.user_match_sets, "user_match_sets", day)
     lake.write_df(out.match_sets, "match_sets", day)

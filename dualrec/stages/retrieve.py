@@ -16,14 +16,14 @@ import logging
 from dualrec.channels.base import (
     available_users,
     channel_names,
-    channel_shares,
     check_channel_inputs,
     get_channel,
     mix,
+    score_columns,
     seen_pairs,
 )
 from dualrec.registry import table_producer
-from dualrec.stages.base import StageContext
+from dualrec.stages.base import StageContext, partition_rows, write_empty
 
 log = logging.getLogger("dualrec.retrieve")
 
@@ -45,48 +45,59 @@ def day_items(ctx: StageContext):
     return items.withColumn("batch", batch_col(F.col("upload_ts"), ctx.cfg.dispatch.batches_per_day))
 
 
-def run(ctx: StageContext) -> dict:
-    """Retrieve candidates for D's uploads from every configured channel."""
-    import time
-
+def candidate_stats(cand, names: list[str]) -> dict:
+    """Counts of the written candidates in ONE aggregation: pairs and items overall and per channel,
+    and each channel's share of the credit (a pair found by n channels gives each 1/n, as
+    :func:`dualrec.channels.base.channel_shares`)."""
     from pyspark.sql import functions as F
 
+    aggs = [F.count(F.lit(1)).alias("_pairs"), F.countDistinct("item_id").alias("_items")]
+    for k, n in enumerate(names):
+        has = F.array_contains("channels", n)
+        aggs += [
+            F.sum(F.when(has, 1).otherwise(0)).alias(f"p{k}"),
+            F.countDistinct(F.when(has, F.col("item_id"))).alias(f"i{k}"),
+            F.sum(F.when(has, F.lit(1.0) / F.size("channels")).otherwise(0.0)).alias(f"w{k}"),
+        ]
+    r = cand.agg(*aggs).first()
+    credit = {n: float(r[f"w{k}"] or 0.0) for k, n in enumerate(names)}
+    total = sum(credit.values())
+    return {
+        "candidates": int(r["_pairs"]),
+        "items_with_candidates": int(r["_items"]),
+        "pairs_by_channel": {n: int(r[f"p{k}"] or 0) for k, n in enumerate(names)},
+        "items_by_channel": {n: int(r[f"i{k}"]) for k, n in enumerate(names)},
+        "channel_share": {c: v / total for c, v in sorted(credit.items()) if v} if total else {},
+    }
+
+
+def run(ctx: StageContext) -> dict:
+    """Retrieve candidates for D's uploads from every configured channel."""
     names = channel_names(ctx.cfg)
+    if partition_rows(ctx.lake, "items", ctx.day) == 0:
+        # a day without uploads: nothing to retrieve and no channel input is read; a valid empty
+        # partition, no Spark job
+        write_empty(ctx.lake, "candidates", ctx.day, score_columns(names))
+        log.info("retrieve %s: no uploads, empty candidates published", ctx.day)
+        return {"items": 0, "candidates": 0, "items_with_candidates": 0,
+                "pairs_by_channel": {n: 0 for n in names}, "items_by_channel": {n: 0 for n in names},
+                "channel_share": {}}
     check_channel_inputs(ctx.lake, ctx.day, names, table_producer)
     items = day_items(ctx).cache()
     avail = available_users(ctx).cache()
-    outs, seconds = {}, {}
-    for name in names:
-        t0 = time.time()
-        df = get_channel(name).retrieve(ctx, items).cache()
-        df.count()  # materialise here so the timing belongs to the channel
-        outs[name] = df
-        seconds[name] = round(time.time() - t0, 3)
-    seen = seen_pairs(ctx, items).cache() if ctx.cfg.retrieval.exclude_seen else None
+    # the channels are planned here and run inside the one job that writes the merged candidates
+    # (no per-channel count: a Spark job each, only for a log line)
+    outs = {name: get_channel(name).retrieve(ctx, items) for name in names}
+    seen = seen_pairs(ctx, items) if ctx.cfg.retrieval.exclude_seen else None
     merged = mix(outs, items, avail, names, exclude_df=seen)
     ctx.lake.write_df(merged, "candidates", ctx.day, coalesce=4)
     cand = ctx.lake.read_df(ctx.spark, "candidates", [ctx.day], with_dt=False)
-    per_channel = {
-        n: cand.where(F.array_contains("channels", n)).agg(F.count("*").alias("p"), F.countDistinct("item_id").alias("i")).first()
-        for n in names
-    }
     stats = {
         "items": items.count(),
         "available_users": avail.count(),
-        "candidates": cand.count(),
-        "items_with_candidates": cand.select("item_id").distinct().count(),
-        "pairs_by_channel": {n: int(r["p"]) for n, r in per_channel.items()},
-        "items_by_channel": {n: int(r["i"]) for n, r in per_channel.items()},
-        "channel_share": channel_shares(cand),
-        "channel_seconds": seconds,
-        "seen_pairs_excluded_at_most": seen.count() if seen is not None else 0,
+        **candidate_stats(cand, names),
     }
-    for df in outs.values():
-        df.unpersist()
     items.unpersist()
     avail.unpersist()
-    if seen is not None:
-        seen.unpersist()
     log.info("retrieve %s: %s", ctx.day, stats)
     return stats
-

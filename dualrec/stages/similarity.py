@@ -25,7 +25,7 @@ from dualrec.similarity import (
     similar_items,
     similar_users,
 )
-from dualrec.stages.base import StageContext  # noqa: E402
+from dualrec.stages.base import StageContext, partition_rows, write_empty  # noqa: E402
 from models.ann import build_index, load_index, tune_nprobe
 from models.two_tower import emb_matrix
 
@@ -83,6 +83,13 @@ def run(ctx: StageContext) -> dict:
 
 
     lake, day, scfg = ctx.lake, ctx.day, ctx.cfg.similarity
+    if partition_rows(lake, "items", day) == 0:
+        # a day without uploads: S^I, H^I and S^U only serve retrieval of the day's items, so valid empty
+        # partitions (no index, no Spark job) are the whole output
+        for t in ("item_similar", "item_positive_users", "user_similar"):
+            write_empty(lake, t, day)
+        log.info("similarity %s: no uploads, empty outputs published", day)
+        return {"window_items": None, "day_items": 0, "item_similar_rows": 0, "user_similar_rows": 0, "su_query_users": 0}
     spark = ctx.spark
     user_index = load_index(lake, "user_index", day)  # fails clearly before anything is published
 
