@@ -256,6 +256,7 @@ def certified_optimum(
     *,
     max_pairs: int = 250_000_000,
     top_m: int | None = None,
+    top_k: int | None = None,
     rounds: int = 3,
     tol: float = 1e-4,
     block_pairs: int = 4_000_000,
@@ -266,8 +267,8 @@ def certified_optimum(
 
     When items x users exceeds ``max_pairs`` only the users with the largest ``user_upper`` (an
     upper bound of each user's w over all items; required then) are scored; the others add
-    ``Q * user_upper`` to the bound (module docstring). ``top_m`` (default 2L): users per item in
-    the first flow's edge set.
+    ``Q * user_upper`` to the bound (module docstring). ``top_m`` (default 2L) users per item and
+    ``top_k`` (default 2Q) items per user form the first flow's edge set.
     """
     t0 = time.perf_counter()
     n_i, n_u = scorer.n_items, scorer.n_users
@@ -289,8 +290,11 @@ def certified_optimum(
     kl, km = min(L, n_c), min(top_m or 2 * L, n_c)
     ka = max(kl, km)
 
-    # pass A: each item's top_m users (the first edge set) and UB(beta = 0)
+    # pass A: each item's top_m users and each user's top_k items (the first edge set), UB(beta = 0)
+    kk = min(top_k or 2 * Q, n_i)
     e_item, e_user, e_val, best = [], [], [], []
+    u_val = torch.full((0, n_c), -1.0, dtype=torch.float32)
+    u_item = torch.zeros((0, n_c), dtype=torch.int64)
     ub0 = 0.0
     w_hi = 0.0
     for pos, w in grid.blocks():
@@ -299,9 +303,17 @@ def certified_optimum(
         ub0 += float(v[:, :kl].clamp(min=0).double().sum())
         e_item.append(np.repeat(pos, km)), e_user.append(ix[:, :km].numpy().ravel()), e_val.append(v[:, :km].numpy().ravel())
         best.append(ix[:, :kl].numpy())
+        cv = torch.cat([u_val, w])
+        ci = torch.cat([u_item, torch.from_numpy(pos).repeat_interleave(n_c).view(len(pos), n_c)])
+        uv, ui = torch.topk(cv, min(kk, cv.shape[0]), dim=0)
+        u_val, u_item = uv, torch.gather(ci, 0, ui)
+    e_item.append(u_item.numpy().ravel()), e_user.append(np.tile(np.arange(n_c), u_item.shape[0]))
+    e_val.append(u_val.numpy().ravel())
     ei, eu, ev = np.concatenate(e_item), np.concatenate(e_user).astype(np.int64), np.concatenate(e_val).astype(np.float64)
     keep = ev > 0  # a pair worth nothing never raises the total
     ei, eu, ev = ei[keep], eu[keep], ev[keep]
+    _, first = np.unique(ei * n_c + eu, return_index=True)  # an edge found from both sides once
+    ei, eu, ev = ei[first], eu[first], ev[first]
     upper = ub0
     lower, items, users = 0.0, empty, empty
     r = 0
