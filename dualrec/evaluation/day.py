@@ -279,19 +279,20 @@ class OptimumParams:
 
     max_pairs: int = 250_000_000
     top_m: int | None = None
+    top_k: int | None = None
     rounds: int = 3
     tol: float = 1e-4
 
     @classmethod
     def from_config(cls, mc) -> "OptimumParams":
-        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_rounds, mc.optimum_tolerance)
+        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_top_k, mc.optimum_rounds, mc.optimum_tolerance)
 
 
 def _optimum(grid_fn: GridFn, sample: np.ndarray, users: np.ndarray, L: int, Q: int, op: OptimumParams) -> O.OptimumResult:
     """The certified optimum of the sampled items over a user set."""
     scorer = grid_fn(sample, users)
     upper = scorer.user_upper() if sample.size * users.size > op.max_pairs else None
-    return O.certified_optimum(scorer, L, Q, max_pairs=op.max_pairs, top_m=op.top_m, rounds=op.rounds, tol=op.tol,
+    return O.certified_optimum(scorer, L, Q, max_pairs=op.max_pairs, top_m=op.top_m, top_k=op.top_k, rounds=op.rounds, tol=op.tol,
                                user_upper=upper)
 
 
