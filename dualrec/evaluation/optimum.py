@@ -89,7 +89,9 @@ class DenseScorer:
     def __init__(self, values: np.ndarray):
         self.values = np.asarray(values, dtype=np.float64)
         self.n_items, self.n_users = self.values.shape
-        self._v32 = torch.from_numpy(np.nextafter(self.values.astype(np.float32), np.float32(np.inf)))
+        v32 = self.values.astype(np.float32)
+        v32 = np.where(v32 < self.values, np.nextafter(v32, np.float32(np.inf)), v32)  # rounded up: a bound
+        self._v32 = torch.from_numpy(v32)
 
     def block(self, item_pos: np.ndarray) -> torch.Tensor:
         return self._v32[torch.from_numpy(np.asarray(item_pos, dtype=np.int64))]
@@ -184,6 +186,19 @@ class OptimumResult:
     @property
     def gap(self) -> float:
         return (self.upper - self.lower) / self.upper if self.upper > 0 else 0.0
+
+
+def dual_bound(values: np.ndarray, beta: np.ndarray, L: int, Q: int) -> float:
+    """``UB(beta)`` of the module docstring on a dense (items, users) matrix: >= the optimum for
+    every ``beta >= 0`` (the definition, for tests and small problems)."""
+    values = np.asarray(values, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if (beta < 0).any():
+        raise ValueError("prices must be >= 0")
+    net = np.maximum(values - beta[None, :], 0.0)
+    k = min(L, net.shape[1])
+    top = -np.sort(-net, axis=1)[:, :k]
+    return float(Q * beta.sum() + top.sum())
 
 
 def _flow(iidx: np.ndarray, uidx: np.ndarray, cost: np.ndarray, n_items: int, n_users: int, L: int, Q: int):
@@ -327,11 +342,14 @@ def certified_optimum(
     ei, eu, ev = ei[keep], eu[keep], ev[keep]
     key = ei * n_c + eu
     o = np.argsort(key, kind="stable")
-    first = o[np.r_[True, key[o][1:] != key[o][:-1]]]  # an edge found from both sides counts once
+    first = o[np.r_[True, key[o][1:] != key[o][:-1]]] if len(o) else o  # an edge found from both sides counts once
     ei, eu, ev = ei[first], eu[first], ev[first]
     upper = ub0
     lower, items, users = 0.0, empty, empty
     r = 0
+    if w_hi <= 0:  # every pair is worth nothing: OPT = 0
+        return OptimumResult(0.0, slack, slack <= 0, empty, empty, n_c, n_u - n_c, slack, ub0 + slack, 0, 0,
+                             time.perf_counter() - t0, core[np.concatenate(best)])
     for r in range(1, rounds + 1):
         scale = _COST_UNITS / max(w_hi, 1e-300)
         order = np.lexsort((eu, ei))  # canonical arc order: reruns give the same flow

@@ -195,13 +195,15 @@ class Truth:
         u = _lookup(self._uid, user_ids, "user_id")
         i = _lookup(self._iid, item_ids, "item_id")
         logdur = np.log(self._dur[i].astype(np.float64) / REF_DURATION_MS)
+        bias, enth = self._bias[u].astype(np.float64), self._enth[u].astype(np.float64)
+        quality = self._quality[i].astype(np.float64)
         par = [FEEDBACK_PARAMS[t] for t in VISIBLE_TYPES]
         return VisibleFactors(
             user_vec=self._interest[u].astype(np.float64),
             item_vec=self._latent[i].astype(np.float64),
             slope=np.array([p["b"] for p in par], dtype=np.float64),
-            user_offset=np.stack([p["s"] * self._bias[u] + p["e"] * self._enth[u] for p in par]).astype(np.float64),
-            item_offset=np.stack([p["a"] + p["c"] * self._quality[i] + p["dur"] * logdur for p in par]).astype(np.float64),
+            user_offset=np.stack([p["s"] * bias + p["e"] * enth for p in par]),
+            item_offset=np.stack([p["a"] + p["c"] * quality + p["dur"] * logdur for p in par]),
             activity=self.activity_prob(np.asarray(user_ids, dtype=np.int64), day).astype(np.float64),
         )
 
