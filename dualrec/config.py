@@ -369,8 +369,8 @@ class MetricsConfig(_Section):
         "the largest upper bound of w are scored and the others enter the bound as Q * that upper bound "
         "(quality.optimum_screened_users): the bound stays a bound, the gap says how tight",
     )
-    optimum_top_m: int | None = Field(None, ge=1, description="users per item in the first flow of the optimum (default L when users are scarce, else 2L)")
-    optimum_top_k: int | None = Field(None, ge=1, description="items per user in the first flow of the optimum (default 4Q when users are scarce, else Q)")
+    optimum_top_m: int | None = Field(None, ge=1, description="users per item in the first flow of the optimum (default L)")
+    optimum_top_k: int | None = Field(None, ge=1, description="items per user in the first flow of the optimum (default 4Q)")
     optimum_rounds: int = Field(3, ge=1, description="flow + pricing rounds of the optimum (column generation)")
     optimum_tolerance: float = Field(
         1e-4, gt=0, description="relative gap between the optimum's bounds under which it counts as exact (certified)"

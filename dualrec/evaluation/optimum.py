@@ -295,10 +295,10 @@ def certified_optimum(
 
     When items x users exceeds ``max_pairs`` only the users with the largest ``user_upper`` (an
     upper bound of each user's w over all items; required then) are scored; the others add
-    ``Q * user_upper`` to the bound (module docstring). ``top_m`` users per item and ``top_k``
-    items per user form the first flow's edge set; by default L and 4Q when the users' slots are
-    fewer than the items' demand (the users' side decides; measured on the small day: exact in one
-    round instead of three), else 2L and Q.
+    ``Q * user_upper`` to the bound (module docstring). ``top_m`` (default L) users per item and
+    ``top_k`` (default 4Q) items per user form the first flow's edge set: the users' side decides
+    the prices (the small day: exact in one round with L + 4Q, three rounds with 2L + 2Q; the
+    medium sample, where slots outnumber demand, is still far from exact after one round with 2L + Q).
     """
     t0 = time.perf_counter()
     n_i, n_u = scorer.n_items, scorer.n_users
@@ -317,12 +317,11 @@ def certified_optimum(
         scorer = scorer.restrict(core)
     n_c = scorer.n_users
     grid = _Grid(scorer, block_pairs, cache_pairs)
-    users_scarce = Q * n_c < L * n_i
-    kl, km = min(L, n_c), min(top_m or (L if users_scarce else 2 * L), n_c)
+    kl, km = min(L, n_c), min(top_m or L, n_c)
     ka = max(kl, km)
 
     # pass A: each item's top_m users and each user's top_k items (the first edge set), UB(beta = 0)
-    kk = min(top_k or (4 * Q if users_scarce else Q), n_i)
+    kk = min(top_k or 4 * Q, n_i)
     e_item, e_user, e_val, best = [], [], [], []
     u_val = torch.full((0, n_c), -1.0, dtype=torch.float32)
     u_item = torch.zeros((0, n_c), dtype=torch.int64)
