@@ -303,7 +303,7 @@ def optimum_figures(res: O.OptimumResult, ours: float | None, suffix: str = "") 
         f"expected_feedback_{p}": res.lower if res.exact else None,
         f"{p}_upper_bound": res.upper, f"{p}_lower_bound": res.lower, f"{p}_gap": jf(res.gap),
         f"{p}_exact": res.exact, f"{p}_pool_users": res.scored_users, f"{p}_screened_users": res.screened_users,
-        f"{p}_screened_slack": res.slack, f"{p}_rounds": res.rounds, f"{p}_seconds": jf(res.seconds),
+        f"{p}_screened_slack": res.slack, f"{p}_rounds": res.rounds, f"{p}_seconds": jf(res.seconds), f"{p}_cpu_seconds": jf(res.cpu_seconds),
     }
     if not suffix:
         out["optimum_ratio"] = jf(ours / res.upper) if ours is not None and res.upper > 0 else None
@@ -312,7 +312,7 @@ def optimum_figures(res: O.OptimumResult, ours: float | None, suffix: str = "") 
 
 
 OPTIMUM_KEYS = ("expected_feedback_{p}", "{p}_upper_bound", "{p}_lower_bound", "{p}_gap", "{p}_exact", "{p}_pool_users",
-                "{p}_screened_users", "{p}_screened_slack", "{p}_rounds", "{p}_seconds")
+                "{p}_screened_users", "{p}_screened_slack", "{p}_rounds", "{p}_seconds", "{p}_cpu_seconds")
 
 
 def quality_figures(
