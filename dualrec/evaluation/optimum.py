@@ -155,12 +155,22 @@ class FactorScorer:
         return FactorScorer(sub)
 
     def user_upper(self) -> np.ndarray:
-        """An upper bound of each user's w over every item: |<U, V>| <= |U| max|V|, offsets at their max."""
+        """An upper bound of each user's w over every item: the user's largest slope * affinity over
+        the items (exact, by matrix products only: no sigmoid per pair) with each item offset at its max."""
         f = self.f
         if self.n_items == 0:
             return np.zeros(self.n_users)
-        aff = np.linalg.norm(f.user_vec, axis=1) * float(np.linalg.norm(f.item_vec, axis=1).max())
-        z = np.abs(f.slope)[:, None] * aff + f.user_offset + f.item_offset.max(axis=1)[:, None]
+        hi = np.full(self.n_users, -np.inf)
+        lo = np.full(self.n_users, np.inf)
+        with torch.inference_mode(), _one_thread():
+            step = max(1, 4_000_000 // max(self.n_users, 1))
+            for a in range(0, self.n_items, step):
+                aff = (self._V[a : a + step] @ self._U).double().numpy()
+                hi = np.maximum(hi, aff.max(axis=0))
+                lo = np.minimum(lo, aff.min(axis=0))
+        slack = 1e-5 * (np.abs(hi) + np.abs(lo)) + 1e-6  # float32 product: a few ulps of |U||V| <= ~1
+        best = np.where(f.slope[:, None] >= 0, f.slope[:, None] * (hi + slack), f.slope[:, None] * (lo - slack))
+        z = best + f.user_offset + f.item_offset.max(axis=1)[:, None]
         return f.activity * (1.0 / (1.0 + np.exp(-z))).sum(axis=0) * (1 + 1e-9)
 
 
