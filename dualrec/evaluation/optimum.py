@@ -311,6 +311,11 @@ def certified_optimum(
     the prices (the small day: exact in one round with L + 4Q, three rounds with 2L + 2Q; the
     medium sample, where slots outnumber demand, is still far from exact after one round with 2L + Q).
     """
+    with torch.inference_mode(), _one_thread():
+        return _certified_optimum(scorer, L, Q, max_pairs, top_m, top_k, rounds, tol, block_pairs, cache_pairs, user_upper)
+
+
+def _certified_optimum(scorer, L, Q, max_pairs, top_m, top_k, rounds, tol, block_pairs, cache_pairs, user_upper) -> OptimumResult:
     t0, c0 = time.perf_counter(), time.process_time()
     n_i, n_u = scorer.n_items, scorer.n_users
     empty = np.zeros(0, np.int64)
@@ -334,8 +339,8 @@ def certified_optimum(
     # pass A: each item's top_m users and each user's top_k items (the first edge set), UB(beta = 0)
     kk = min(top_k or 4 * Q, n_i)
     e_item, e_user, e_val, best = [], [], [], []
-    u_val = torch.full((0, n_c), -1.0, dtype=torch.float32)
-    u_item = torch.zeros((0, n_c), dtype=torch.int64)
+    u_val = torch.full((n_c, 0), -1.0, dtype=torch.float32)  # (users, <= top_k): rows are contiguous for topk
+    u_item = torch.zeros((n_c, 0), dtype=torch.int64)
     ub0 = 0.0
     w_hi = 0.0
     for pos, w in grid.blocks():
@@ -344,11 +349,12 @@ def certified_optimum(
         ub0 += float(v[:, :kl].clamp(min=0).double().sum())
         e_item.append(np.repeat(pos, km)), e_user.append(ix[:, :km].numpy().ravel()), e_val.append(v[:, :km].numpy().ravel())
         best.append(ix[:, :kl].numpy())
-        cv = torch.cat([u_val, w])
-        ci = torch.cat([u_item, torch.from_numpy(pos).repeat_interleave(n_c).view(len(pos), n_c)])
-        uv, ui = torch.topk(cv, min(kk, cv.shape[0]), dim=0)
-        u_val, u_item = uv, torch.gather(ci, 0, ui)
-    e_item.append(u_item.numpy().ravel()), e_user.append(np.tile(np.arange(n_c), u_item.shape[0]))
+        bv, bi = torch.topk(w.T.contiguous(), min(kk, w.shape[0]), dim=1)  # the block's best items per user
+        cv = torch.cat([u_val, bv], dim=1)
+        ci = torch.cat([u_item, torch.from_numpy(pos)[bi]], dim=1)
+        uv, ui = torch.topk(cv, min(kk, cv.shape[1]), dim=1)
+        u_val, u_item = uv, torch.gather(ci, 1, ui)
+    e_item.append(u_item.numpy().ravel()), e_user.append(np.repeat(np.arange(n_c), u_item.shape[1]))
     e_val.append(u_val.numpy().ravel())
     ei, eu, ev = np.concatenate(e_item), np.concatenate(e_user).astype(np.int64), np.concatenate(e_val).astype(np.float64)
     keep = ev > 0  # a pair worth nothing never raises the total
