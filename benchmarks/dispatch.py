@@ -8,8 +8,9 @@
 ``policies`` reads the day's ``ranked``, ``activity_scores`` and ``items`` (and earlier days'
 ``items`` for the paced forecast), runs every policy with the product's NumPy code (the same
 kernels the Spark stage runs) and scores each with the synthetic truth: coverage, fair_served,
-items_reaching_feedback, expected_feedback, optimum_ratio (against the exact min-cost-flow
-optimum over every (item, available user) pair) and the hit rate on D+1's visits.
+items_reaching_feedback, expected_feedback, optimum_ratio (against the upper bound of the
+certified optimum over every (item, available user) pair, ``dualrec.evaluation.optimum``: a
+ratio that is never above the true one) and the hit rate on D+1's visits.
 
 ``assign`` and ``spark`` use SYNTHETIC candidate edges with realistic skew (not a ranked table):
 user popularity is lognormal (heavy users sit in many candidate lists, as retrieval favours
@@ -260,7 +261,8 @@ def cmd_policies(args) -> list[dict]:
 
     from dualrec.dispatch import upload_curve
     from dualrec.evaluation import baselines as B
-    from dualrec.evaluation.day import truth_scorer
+    from dualrec.evaluation.day import truth_grid_fn, truth_scorer
+    from dualrec.evaluation.optimum import certified_optimum
     from dualrec.evaluation.figures import creator_figures, feedback_figures
     from dualrec.lake import Lake
     from dualrec.stages.dispatch import prior_upload_batches
@@ -295,13 +297,15 @@ def cmd_policies(args) -> list[dict]:
     score = truth_scorer(lake, day + dt.timedelta(days=1))
     nxt = lake.read_table("visits", day + dt.timedelta(days=1), ["user_id"]).column("user_id").to_numpy()
     t0 = time.time()
-    pool = B.pool_for(np.random.default_rng(args.seed), avail, ids.size, args.max_pairs)
-    o_it, o_us, opt = B.optimum_assign(B.truth_grid(score, ids, pool), args.L, args.Q)
+    grid = truth_grid_fn(lake, day + dt.timedelta(days=1))(ids, avail)
+    res = certified_optimum(grid, args.L, args.Q, max_pairs=args.max_pairs,
+                            user_upper=grid.user_upper() if ids.size * avail.size > args.max_pairs else None)
+    o_it, o_us, opt = res.items, res.users, res.upper  # ratios are to the upper bound: conservative
     opt_s = time.time() - t0
     print(f"# {args.lake} {day}: {ids.size} items, {avail.size} available users, {len(g):,} ranked edges, "
-          f"capacity {avail.size * args.Q:,} slots vs demand {ids.size * args.L:,}; optimum over "
-          f"{'every' if pool.size == avail.size else f'a pool of {pool.size}'} available user(s): {opt:.1f} ({opt_s:.0f}s)",
-          flush=True)
+          f"capacity {avail.size * args.Q:,} slots vs demand {ids.size * args.L:,}; optimum over every available "
+          f"user ({res.screened_users} priced at their upper bound): [{res.lower:.1f}, {res.upper:.1f}], "
+          f"gap {res.gap:.2e}, exact {res.exact} ({opt_s:.0f}s)", flush=True)
     runs = [(p, p, PolicyParams()) for p in POLICIES]
     if args.sweep:
         runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo))
@@ -337,14 +341,14 @@ def cmd_policies(args) -> list[dict]:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    vals = B.truth_grid(score, ids, pool)[o_it, o_us]
+    vals = B.score_pairs(score, avail[o_us], ids[o_it])
     per_item = np.bincount(o_it, minlength=ids.size)
     ff = feedback_figures(ids[o_it], ids, vals)
     cf = creator_figures(per_item, avail.size, args.L, args.Q)
     rows.append({"policy": "optimum (truth, bound)", "coverage": cf["coverage"], "fair_served": cf["fair_served"],
-                 "items_reaching_feedback": ff["items_reaching_feedback"], "expected_feedback": round(opt, 2),
-                 "optimum_ratio": 1.0, "of_candidate_optimum": round(opt / cand_opt, 4) if cand_opt else None,
-                 "hit_rate": float(np.isin(np.unique(pool[o_us]), nxt).mean()),
+                 "items_reaching_feedback": ff["items_reaching_feedback"], "expected_feedback": round(res.lower, 2),
+                 "optimum_ratio": round(res.lower / opt, 4), "of_candidate_optimum": round(opt / cand_opt, 4) if cand_opt else None,
+                 "hit_rate": float(np.isin(np.unique(avail[o_us]), nxt).mean()),
                  "pairs": int(o_it.size), "seconds": round(opt_s, 1)})
     print(json.dumps(rows[-1]), flush=True)
     print("| policy | coverage | fair_served | items_reaching_feedback | expected_feedback | optimum_ratio "
@@ -358,7 +362,8 @@ def cmd_policies(args) -> list[dict]:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"lake": args.lake, "date": args.date, "source": source, "items": int(ids.size), "available": int(avail.size),
-                       "optimum_pool_users": int(pool.size), "rows": rows}, fh, indent=1)
+                       "optimum_upper_bound": res.upper, "optimum_lower_bound": res.lower, "optimum_exact": res.exact,
+                       "optimum_screened_users": res.screened_users, "rows": rows}, fh, indent=1)
     return rows
 
 
@@ -436,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     pol = sub.add_parser("policies")
     pol.add_argument("--lake", required=True)
     pol.add_argument("--date", required=True)
-    pol.add_argument("--max-pairs", type=int, default=12_000_000, help="optimum over a user pool beyond this")
+    pol.add_argument("--max-pairs", type=int, default=250_000_000,
+                     help="optimum: beyond this many pairs the users with the smallest upper bound are priced, not scored")
     pol.add_argument("--sweep", action="store_true", help="also sweep the optimal policy's floor and bonus")
     pol.add_argument("--json", help="write the rows here")
     pol.add_argument("--available", type=int, default=0, help="without a run: available users (default: expected visitors)")

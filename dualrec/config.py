@@ -364,9 +364,16 @@ class MetricsConfig(_Section):
 
     max_items: int = Field(2000, ge=1, description="truth metrics, baselines and the optimum use at most this many items")
     optimum_max_pairs: int = Field(
-        4_000_000, ge=1,
-        description="the exact optimum and truth recall score every (item, user) pair up to this many, else a random "
-        "user pool of optimum_max_pairs // items (quality.optimum_pool_users)",
+        250_000_000, ge=1,
+        description="the optimum's bound scores every (item, user) pair up to this many; beyond it only the users with "
+        "the largest upper bound of w are scored and the others enter the bound as Q * that upper bound "
+        "(quality.optimum_screened_users): the bound stays a bound, the gap says how tight",
+    )
+    optimum_top_m: int | None = Field(None, ge=1, description="users per item in the first flow of the optimum (default L)")
+    optimum_top_k: int | None = Field(None, ge=1, description="items per user in the first flow of the optimum (default 4Q)")
+    optimum_rounds: int = Field(3, ge=1, description="flow + pricing rounds of the optimum (column generation)")
+    optimum_tolerance: float = Field(
+        1e-4, gt=0, description="relative gap between the optimum's bounds under which it counts as exact (certified)"
     )
     truth_chunk_pairs: int = Field(2_000_000, ge=1, description="pairs per Truth call (memory bound)")
     calibration_bins: int = Field(10, ge=1)

@@ -4,10 +4,9 @@
 * ``popular``: every item wants the same users (by p_active), Algorithm 1.
 * ``arrival``: Algorithm 1 on our own ranked scores (batches in upload order), whatever policy is
   configured.
-* ``optimum``: the exact maximum of the total true expected feedback (a max-weight b-matching,
-  by min-cost flow) over every (item, user) pair of a user set, or of a stated random pool of
-  it when items x users exceeds ``max_pairs``. It is a true upper bound of every policy only
-  when it is exact (``pool == all``).
+* ``optimum_assign``: the exact maximum of the total true expected feedback (a max-weight
+  b-matching, by min-cost flow) of a dense value grid (small grids, tests). ``evaluate`` uses the
+  certified interval of :mod:`dualrec.evaluation.optimum`, which is a bound at every scale.
 * Figure 9's counterfactual: each item takes its top-L ranked users with no store and no Q.
 
 Assignments are returned as (item position, user index) arrays.
@@ -118,15 +117,6 @@ def optimum_assign(values: np.ndarray, L: int, Q: int) -> tuple[np.ndarray, np.n
     it, us, v = it[keep], us[keep], v[keep]
     mask = assign_arrays(it, us, v, it, Q, L, "flow")
     return it[mask], us[mask], float(v[mask].sum())
-
-
-def pool_for(rng: np.random.Generator, users: np.ndarray, n_items: int, max_pairs: int) -> np.ndarray:
-    """All users when items x users <= max_pairs, else a uniform random pool of max_pairs // items."""
-    users = np.asarray(users, dtype=np.int64)
-    if n_items == 0 or users.size * n_items <= max_pairs:
-        return users
-    size = max(1, max_pairs // n_items)
-    return np.sort(rng.choice(users, size=min(size, users.size), replace=False))
 
 
 def dispatch_without_store(item_ids, user_ids, g, L: int) -> np.ndarray:

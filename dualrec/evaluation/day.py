@@ -9,11 +9,15 @@ Sampling at scale (it changes what a figure means, so it is reported):
 * truth figures and baselines use at most ``metrics.max_items`` of the day's items (uniform
   sample, kept in upload order); every assignment, ours included, is measured on that sample,
   with the caps (item <= L, user <= Q) enforced among those items.
-* the optimum and ``retrieval.truth_recall`` score every (item, user) pair when items x users
-  <= ``metrics.optimum_max_pairs``; otherwise a uniform random pool of users
-  (``quality.optimum_pool_users``, ``quality.optimum_exact`` false). Only the exact optimum is
-  a bound. With a pool of P of U users, "the L best users" of an item is estimated by its
-  best round(L * P / U) pool users (same quantile).
+* the optimum is a certified interval (:mod:`dualrec.evaluation.optimum`): a Lagrangian upper
+  bound ``quality.optimum_upper_bound`` (valid for every price vector, so a bound at every
+  scale) and a feasible min-cost-flow assignment ``quality.optimum_lower_bound``;
+  ``quality.expected_feedback_optimum`` is the optimum when the two meet
+  (``quality.optimum_exact``), else null, and ``quality.optimum_ratio`` = ours / upper bound
+  (conservative: <= the true ratio <= ``quality.optimum_ratio_at_most`` = ours / lower bound).
+  Beyond ``metrics.optimum_max_pairs`` scored pairs, the users with the smallest upper bound of
+  w are not scored but priced at that bound (``quality.optimum_screened_users``); the bound
+  stays a bound. ``retrieval.truth_recall`` uses each item's L best scored users.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pyspark.sql import functions as F
 from dualrec.channels.base import channel_names
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.evaluation import baselines as B
+from dualrec.evaluation import optimum as O
 from dualrec.evaluation.figures import (
     PAPER_CHANNEL_SHARE,
     PAPER_HIT_RATE,
@@ -127,6 +132,23 @@ def truth_scorer(lake: Lake, eval_day: dt.date) -> B.ScoreFn | None:
         return None
     truth = load_cached(lake.root)
     return lambda u, i: np.asarray(truth.expected_visible_feedback(u, i, eval_day), dtype=np.float64)
+
+
+GridFn = Callable[[np.ndarray, np.ndarray], "O.GridScorer"]
+"""(item ids, user ids) -> a block scorer of that grid (for the optimum)."""
+
+
+def truth_grid_fn(lake: Lake, eval_day: dt.date) -> GridFn | None:
+    """Block scorer of the truth's expected visible feedback on D+1 (matrix form), or None."""
+    if not lake.exists("_truth"):
+        return None
+    truth = load_cached(lake.root)
+    return lambda items, users: O.FactorScorer(truth.visible_feedback_factors(users, items, eval_day))
+
+
+def dense_grid_fn(score_fn: B.ScoreFn, chunk_pairs: int = 2_000_000) -> GridFn:
+    """A block scorer from a pair scorer by scoring the whole grid (hand-made truths, small grids)."""
+    return lambda items, users: O.DenseScorer(B.truth_grid(score_fn, items, users, chunk_pairs))
 
 
 @dataclass
@@ -251,19 +273,46 @@ def _arrival_baseline(lake: Lake, day: dt.date, sample: np.ndarray, available: n
     return pd.DataFrame({"item_id": items[mask], "user_id": users[mask]})
 
 
-def _optimum(score_fn: B.ScoreFn, sample: np.ndarray, users: np.ndarray, L: int, Q: int, rng, max_pairs: int,
-             chunk: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The optimum over a user set (or its stated pool); returns (figures, pool, value grid)."""
-    pool = B.pool_for(rng, users, sample.size, max_pairs)
-    grid = B.truth_grid(score_fn, sample, pool, chunk)
-    it, us, total = B.optimum_assign(grid, L, Q)
-    per_item = np.bincount(it, weights=grid[it, us], minlength=sample.size) if it.size else np.zeros(sample.size)
-    return {
-        "value": total,
-        "pool": int(pool.size),
-        "exact": bool(pool.size == np.unique(users).size),
-        "items_reaching_feedback": jf((per_item >= 1.0).mean()) if sample.size else None,
-    }, pool, grid
+@dataclass(frozen=True)
+class OptimumParams:
+    """``metrics`` knobs of the optimum (:func:`dualrec.evaluation.optimum.certified_optimum`)."""
+
+    max_pairs: int = 250_000_000
+    top_m: int | None = None
+    top_k: int | None = None
+    rounds: int = 3
+    tol: float = 1e-4
+
+    @classmethod
+    def from_config(cls, mc) -> "OptimumParams":
+        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_top_k, mc.optimum_rounds, mc.optimum_tolerance)
+
+
+def _optimum(grid_fn: GridFn, sample: np.ndarray, users: np.ndarray, L: int, Q: int, op: OptimumParams) -> O.OptimumResult:
+    """The certified optimum of the sampled items over a user set."""
+    scorer = grid_fn(sample, users)
+    upper = scorer.user_upper() if sample.size * users.size > op.max_pairs else None
+    return O.certified_optimum(scorer, L, Q, max_pairs=op.max_pairs, top_m=op.top_m, top_k=op.top_k, rounds=op.rounds, tol=op.tol,
+                               user_upper=upper)
+
+
+def optimum_figures(res: O.OptimumResult, ours: float | None, suffix: str = "") -> dict[str, Any]:
+    """quality.* figures of one optimum interval (``suffix`` "" for available users, "_all_users")."""
+    p = "optimum" + suffix
+    out = {
+        f"expected_feedback_{p}": res.lower if res.exact else None,
+        f"{p}_upper_bound": res.upper, f"{p}_lower_bound": res.lower, f"{p}_gap": jf(res.gap),
+        f"{p}_exact": res.exact, f"{p}_pool_users": res.scored_users, f"{p}_screened_users": res.screened_users,
+        f"{p}_screened_slack": res.slack, f"{p}_rounds": res.rounds, f"{p}_seconds": jf(res.seconds), f"{p}_cpu_seconds": jf(res.cpu_seconds),
+    }
+    if not suffix:
+        out["optimum_ratio"] = jf(ours / res.upper) if ours is not None and res.upper > 0 else None
+        out["optimum_ratio_at_most"] = jf(ours / res.lower) if ours is not None and res.lower > 0 else None
+    return out
+
+
+OPTIMUM_KEYS = ("expected_feedback_{p}", "{p}_upper_bound", "{p}_lower_bound", "{p}_gap", "{p}_exact", "{p}_pool_users",
+                "{p}_screened_users", "{p}_screened_slack", "{p}_rounds", "{p}_seconds", "{p}_cpu_seconds")
 
 
 def quality_figures(
@@ -280,8 +329,9 @@ def quality_figures(
     L: int,
     Q: int,
     rng: np.random.Generator,
-    max_pairs: int = 4_000_000,
+    optimum: OptimumParams = OptimumParams(),
     chunk_pairs: int = 2_000_000,
+    grid_fn: GridFn | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Ours vs random / popular / arrival and the optimum on the same items under the same caps.
 
@@ -297,9 +347,10 @@ def quality_figures(
     for n in ["", *[f"_{b}" for b in BASELINES]]:
         q.update({f"expected_feedback{n}": None, f"feedback_per_pair{n}": None, f"items_reaching_feedback{n}": None,
                   f"recall_at_l{n}": None})
-    q.update({"expected_feedback_optimum": None, "expected_feedback_optimum_all_users": None, "optimum_ratio": None,
-              "optimum_pool_users": None, "optimum_exact": None, "optimum_all_users_pool_users": None,
-              "items_reaching_feedback_optimum": None, "recall_at_l_macro": None, "truth_available": score_fn is not None})
+    for p in ("optimum", "optimum_all_users"):
+        q.update({k.format(p=p): None for k in OPTIMUM_KEYS})
+    q.update({"optimum_ratio": None, "optimum_ratio_at_most": None, "items_reaching_feedback_optimum": None,
+              "recall_at_l_macro": None, "truth_available": score_fn is not None})
     q["sampled_items"] = int(sample.size)
     retrieval: dict[str, Any] = {"truth_recall": {c: None for c in [*chans, "merged"]}}
     ours = ours[ours["item_id"].isin(sample)][["item_id", "user_id"]]
@@ -321,24 +372,21 @@ def quality_figures(
             u, i = df["user_id"].to_numpy(np.int64), df["item_id"].to_numpy(np.int64)
             for k, v in feedback_figures(i, sample, B.score_pairs(score_fn, u, i, chunk_pairs)).items():
                 q[f"{k}{n}"] = v
-        opt, pool, grid = _optimum(score_fn, sample, available, L, Q, rng, max_pairs, chunk_pairs)
-        q["expected_feedback_optimum"] = opt["value"]
-        q["optimum_pool_users"], q["optimum_exact"] = opt["pool"], opt["exact"]
-        q["items_reaching_feedback_optimum"] = opt["items_reaching_feedback"]
-        q["optimum_ratio"] = jf(q["expected_feedback"] / opt["value"]) if opt["value"] > 0 else None
-        kb = max(1, min(pool.size, int(round(L * pool.size / available.size))))
-        best = B.top_idx(grid, kb)
-        del grid
-        top = pd.DataFrame({"item_id": np.repeat(sample, kb), "user_id": pool[best.ravel()]})
+        gfn = grid_fn or dense_grid_fn(score_fn, chunk_pairs)
+        opt = _optimum(gfn, sample, available, L, Q, optimum)
+        q.update(optimum_figures(opt, q["expected_feedback"]))
+        per_item = np.bincount(opt.items, weights=score_fn(available[opt.users], sample[opt.items]) if opt.items.size
+                               else None, minlength=sample.size)
+        q["items_reaching_feedback_optimum"] = jf((per_item >= 1.0).mean())
+        kb = opt.best_users.shape[1]
+        top = pd.DataFrame({"item_id": np.repeat(sample, kb), "user_id": available[opt.best_users.ravel()]})
         if candidates_long is not None:
             retrieval["truth_recall"] = truth_recall(top, candidates_long, chans, sample)
         retrieval["truth_best_users_per_item"] = int(kb)
         q["truth_recall_dispatched"] = truth_recall(top, ours.assign(channel="dispatched"), [], sample)["merged"]
         if everyone is not None and len(everyone):
-            opt_all, _, grid = _optimum(score_fn, sample, everyone, L, Q, rng, max_pairs, chunk_pairs)
-            del grid
-            q["expected_feedback_optimum_all_users"] = opt_all["value"]
-            q["optimum_all_users_pool_users"] = opt_all["pool"]
+            everyone = np.asarray(everyone, dtype=np.int64)
+            q.update(optimum_figures(_optimum(gfn, sample, everyone, L, Q, optimum), None, "_all_users"))
     if positives_df is not None:
         r = logged_recall(ours, positives_df, sample)
         q["recall_at_l"], q["recall_at_l_macro"], q["recall_items_with_positives"] = r["micro"], r["macro"], r["items"]
@@ -380,10 +428,11 @@ def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[
         cand = _candidates_long(ct)
         chans = list(dict.fromkeys([*chans, *pd.unique(cand["channel"])]))
     score_fn = truth_scorer(lake, inp.day + dt.timedelta(days=1)) if inp.scores is not None else None
+    grid_fn = truth_grid_fn(lake, inp.day + dt.timedelta(days=1)) if score_fn is not None else None
     q, retrieval = quality_figures(
         score_fn, sample, inp.match, available, popularity, _ids(inp.scores) if inp.scores is not None else None,
         positives(horizon_interactions(lake, inp, horizon_days)), cand, arrival, chans, L, Q, rng,
-        mc.optimum_max_pairs, mc.truth_chunk_pairs,
+        OptimumParams.from_config(mc), mc.truth_chunk_pairs, grid_fn,
     )
     q["recall_horizon_days"] = horizon_days
     if cand is not None and sample.size:
@@ -507,6 +556,8 @@ REQUIRED_PATHS: tuple[str, ...] = (
     "quality.expected_feedback", "quality.expected_feedback_random", "quality.expected_feedback_popular",
     "quality.expected_feedback_arrival", "quality.expected_feedback_optimum",
     "quality.expected_feedback_optimum_all_users", "quality.optimum_pool_users", "quality.optimum_ratio",
+    "quality.optimum_upper_bound", "quality.optimum_lower_bound", "quality.optimum_gap", "quality.optimum_exact",
+    "quality.optimum_all_users_upper_bound",
     "quality.items_reaching_feedback",
     "quality.recall_at_l", "quality.recall_at_l_random", "quality.recall_at_l_popular",
     "index.recall_at_k", "retrieval.truth_recall", "ranking.auc", "cost.stage_seconds",
