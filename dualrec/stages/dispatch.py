@@ -24,7 +24,10 @@ import pyarrow.compute as pc
 
 from dualrec.batches import batch_of_seconds
 from dualrec.dispatch import PolicyParams, check_invariants, dispatch_day, upload_curve
+from dualrec.experiment import clear as clear_experiment
+from dualrec.experiment import is_experiment
 from dualrec.lake import Lake
+from dualrec.stages import dispatch_arms
 from dualrec.stages.base import StageContext
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ def prior_upload_batches(lake: Lake, day: dt.date, days: int, batches_per_day: i
 def reads(cfg, day):
     """Upstream partitions read for ``day``: D's uploads, plus the earlier days whose upload
     curves forecast the rest of the day when the policy is ``paced``."""
+    if is_experiment(cfg):  # experiment.arms: each arm's own policy decides (issue 19)
+        return dispatch_arms.reads(cfg, day)
     days = [day]
     if cfg.dispatch.policy == "paced":
         days = [day - dt.timedelta(days=k) for k in range(cfg.dispatch.forecast_days, 0, -1)] + days
@@ -55,6 +60,8 @@ def reads(cfg, day):
 
 def run(ctx: StageContext) -> dict:
     """Dispatch day D's uploads to available users (store, assignment, match sets)."""
+    if is_experiment(ctx.cfg):  # co-diverted arms, each on its own creators and users (issue 19)
+        return dispatch_arms.run(ctx, prior_upload_batches)
     cfg = ctx.cfg.dispatch
     lake, spark, day = ctx.lake, ctx.spark, ctx.day
     ranked = lake.read_df(spark, "ranked", [day], with_dt=False)
@@ -72,5 +79,6 @@ def run(ctx: StageContext) -> dict:
     lake.write_df(out.available_users, "available_users", day, coalesce=None)
     lake.write_df(out.user_match_sets, "user_match_sets", day)
     lake.write_df(out.match_sets, "match_sets", day)
+    clear_experiment(lake, day)  # a plain rerun of an experiment day: no stale assignment
     log.info("dispatch %s: %s", day, out.stats)
     return dict(out.stats)
