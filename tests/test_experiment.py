@@ -11,6 +11,9 @@ import pytest
 
 from dualrec.config import ConfigError, DualRecConfig, ExperimentConfig
 from dualrec.dispatch import dispatch_day_arrays
+from dualrec.evaluation import evaluate
+from dualrec.evaluation.experiment import bootstrap_difference, creator_sums, figure_values, item_values
+from dualrec.evaluation.report import write_report
 from dualrec.experiment import arm_configs, assign, assign_names, buckets_table, read_manifest
 from dualrec.lake import Lake
 from dualrec.stages.base import StageContext
@@ -63,6 +66,35 @@ def test_assignment_is_stable_proportional_and_salted():
     assert (assign(ids, "user", exp) != assign(ids, "creator", exp)).mean() > 0.3  # kinds are independent
     t = buckets_table(ids[:50], ids[:20], exp)
     assert t.num_rows == 70 and set(t.column("kind").to_pylist()) == {"user", "creator"}
+
+
+# ----------------------------------------------------------------------------- differences
+def test_item_values_and_creator_sums_by_hand():
+    v = item_values(np.array([10, 11, 12]), np.array([10, 10, 12, 99]), np.array([1, 2, 3, 4]), m=4,
+                    score_fn=lambda u, i: u.astype(float) / 2)
+    assert v["pairs"].tolist() == [2, 0, 1] and v["covered"].tolist() == [1, 0, 1] and v["fair_served"].tolist() == [1, 0, 0]
+    assert v["feedback"].tolist() == [1.5, 0, 1.5] and v["reaching"].tolist() == [1, 0, 1]
+    s = creator_sums(np.array([7, 7, 8]), v)
+    f = figure_values(s)
+    assert f["dispatch.coverage"] == pytest.approx(2 / 3) and f["quality.expected_feedback_per_creator"] == pytest.approx(1.5)
+    assert f["quality.feedback_per_pair"] == pytest.approx(1.0)
+
+
+def test_bootstrap_difference_is_seeded_and_covers_a_null_effect():
+    rng = np.random.default_rng(1)
+
+    def arm(n, p):
+        items = rng.integers(1, 5, n).astype(float)
+        return {"items": items, "covered": rng.binomial(items.astype(int), p).astype(float), "creators": np.ones(n)}
+
+    t, c = arm(400, 0.7), arm(400, 0.5)
+    d = bootstrap_difference(t, c, B=500, seed=3)["dispatch.coverage"]
+    assert d["estimate"] == pytest.approx(t["covered"].sum() / t["items"].sum() - c["covered"].sum() / c["items"].sum())
+    assert d["ci_low"] < d["estimate"] < d["ci_high"] and d["ci_low"] > 0.1
+    assert bootstrap_difference(t, c, B=500, seed=3)["dispatch.coverage"] == d
+    same = bootstrap_difference(arm(400, 0.5), c, B=500, seed=3)["dispatch.coverage"]
+    assert same["ci_low"] < 0 < same["ci_high"]
+    assert bootstrap_difference(t, c, B=500)["quality.feedback_per_pair"]["estimate"] is None  # no truth: null
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -155,6 +187,17 @@ def test_arms_are_dispatched_apart_with_their_own_caps(tmp_path, spark):
     assert au.num_rows == 4 * avail.size
     m = read_manifest(lake, DAY)
     assert m["arms"]["control"]["dispatch"]["Q"] == 1 and m["arms"]["treatment"]["dispatch"]["Q"] == 3
+    # evaluate: per-arm figures, the difference with its interval, no cross-arm pair; the report shows them
+    metrics = evaluate(lake, DAY, DualRecConfig.from_dict({"dispatch": {"L": 5, "Q": 3, "batches_per_day": 4}}))
+    e = metrics["experiment"]
+    assert e["cross_arm_pairs"] == 0 and set(e["arms"]) == {"control", "treatment"}
+    assert e["arms"]["control"]["dispatch"]["q"] == 1 and e["arms"]["control"]["dispatch"]["max_du"] <= 1
+    assert e["arms"]["treatment"]["dispatch"]["l"] == 5 and e["arms"]["control"]["dispatch"]["policy"] == "arrival"
+    assert e["arms"]["control"]["dispatch"]["pairs"] + e["arms"]["treatment"]["dispatch"]["pairs"] == len(ms)
+    cov = e["difference"]["dispatch.coverage"]
+    assert cov["ci_low"] <= cov["estimate"] <= cov["ci_high"] and cov["true"] is None  # no truth here
+    html = open(write_report(lake, DAY, metrics).removeprefix("file://")).read()
+    assert "co-diverted" in html and "dispatch.coverage" in html
 
 
 def test_assignment_is_stable_across_days_and_reruns_and_a_plain_rerun_replaces_it(tmp_path, spark):
