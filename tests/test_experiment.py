@@ -98,7 +98,7 @@ def test_bootstrap_difference_is_seeded_and_covers_a_null_effect():
 
 
 # ----------------------------------------------------------------------------- the stage
-def _world(day: dt.date, seed: int, n_items: int = 60, n_users: int = 80, batches: int = 4):
+def _world(day: dt.date, seed: int, n_items: int = 60, n_users: int = 80, batches: int = 2):
     rng = np.random.default_rng(seed)
     t0 = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
     secs = np.sort(rng.integers(0, 86_400, n_items))
@@ -142,7 +142,7 @@ def _lake(tmp_path, days=((DAY, 1),)):
 def _run(lake, spark, day=DAY, experiment=None, **dispatch):
     from dualrec.stages.dispatch import run
 
-    data = {"dispatch": {"L": 5, "Q": 3, "batches_per_day": 4, "policy": "matching", **dispatch}}
+    data = {"dispatch": {"L": 5, "Q": 3, "batches_per_day": 2, "policy": "matching", **dispatch}}
     if experiment is not None:
         data["experiment"] = experiment
     return run(StageContext(lake=lake, day=day, cfg=DualRecConfig.from_dict(data), _spark=spark))
@@ -180,15 +180,15 @@ def test_arms_are_dispatched_apart_with_their_own_caps(tmp_path, spark):
         e = r[(r.item_id.map(item_arm) == arm) & (r.user_id.map(user_arm) == arm)]
         mine = avail[[user_arm[u] == arm for u in avail]]
         mask, _ = dispatch_day_arrays(e.batch, e.item_id, e.user_id, e.g, e.item_id.map(rank_of), mine, L, Q, policy,
-                                      batches_per_day=4)
+                                      batches_per_day=2)
         got = {(i, u) for i, u in zip(ms.item_id, ms.user_id) if item_arm[i] == arm}
         assert got == set(zip(e.item_id[mask], e.user_id[mask]))
     au = lake.read_table("available_users", DAY)
-    assert au.num_rows == 4 * avail.size
+    assert au.num_rows == 2 * avail.size
     m = read_manifest(lake, DAY)
     assert m["arms"]["control"]["dispatch"]["Q"] == 1 and m["arms"]["treatment"]["dispatch"]["Q"] == 3
     # evaluate: per-arm figures, the difference with its interval, no cross-arm pair; the report shows them
-    metrics = evaluate(lake, DAY, DualRecConfig.from_dict({"dispatch": {"L": 5, "Q": 3, "batches_per_day": 4}}))
+    metrics = evaluate(lake, DAY, DualRecConfig.from_dict({"dispatch": {"L": 5, "Q": 3, "batches_per_day": 2}}))
     e = metrics["experiment"]
     assert e["cross_arm_pairs"] == 0 and set(e["arms"]) == {"control", "treatment"}
     assert e["arms"]["control"]["dispatch"]["q"] == 1 and e["arms"]["control"]["dispatch"]["max_du"] <= 1
