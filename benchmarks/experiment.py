@@ -105,13 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         est = np.array([r[f]["estimate"] for r in rows], dtype=float)
         half = np.array([(r[f]["ci_high"] - r[f]["ci_low"]) / 2 for r in rows], dtype=float)
         cov = np.mean([r[f]["covers"] for r in rows])
+        # the arm-scale estimand: what the split estimates on average (the mean over salts)
+        cov_mean = np.mean([r[f]["ci_low"] <= est.mean() <= r[f]["ci_high"] for r in rows])
+        arm = {a: float(np.mean([r[f][a] for r in rows])) for a in ("control", "treatment")}
         summary[f] = {"true": true[f], "mean_estimate": float(est.mean()), "bias": float(est.mean() - true[f]),
                       "sd_estimates": float(est.std(ddof=1)) if est.size > 1 else None,
-                      "mean_ci_half_width": float(half.mean()), "coverage": float(cov)}
-    print("\nfigure | true diff | mean estimate | bias | sd of estimates over salts | mean CI half-width | coverage")
+                      "mean_ci_half_width": float(half.mean()), "coverage": float(cov),
+                      "coverage_of_mean_estimate": float(cov_mean),
+                      "arm_mean": arm, "population": {a: true_fig[a][f] for a in ("control", "treatment")}}
+    print("\nfigure | true diff | mean estimate | bias | sd of estimates over salts | mean CI half-width | "
+          "coverage of true | coverage of mean estimate | control arm vs population | treatment arm vs population")
     for f, s in summary.items():
         print(f"{f} | {s['true']:+.4g} | {s['mean_estimate']:+.4g} | {s['bias']:+.4g} | {s['sd_estimates']:.4g} | "
-              f"{s['mean_ci_half_width']:.4g} | {100 * s['coverage']:.0f} % of {len(rows)}")
+              f"{s['mean_ci_half_width']:.4g} | {100 * s['coverage']:.0f} % | {100 * s['coverage_of_mean_estimate']:.0f} % | "
+              f"{s['arm_mean']['control']:.4g} vs {s['population']['control']:.4g} | "
+              f"{s['arm_mean']['treatment']:.4g} vs {s['population']['treatment']:.4g}")
     if args.json:
         Path(args.json).write_text(json.dumps({"true_figures": true_fig, "true": true, "salts": rows, "summary": summary},
                                               indent=2))
