@@ -402,7 +402,7 @@ class ArmConfig(_Section):
     """One arm of a co-diverted experiment: its traffic share and its config overrides."""
 
     share: float = Field(gt=0, le=1, description="share of creators and (the same) share of users")
-    overrides: dict[str, Any] = Field(
+    overrides: dict[str, bool | int | float | str] = Field(
         default_factory=dict, description=f"dotted key -> value, keys among: {', '.join(ARM_KEYS)}"
     )
 
