@@ -379,6 +379,75 @@ class MetricsConfig(_Section):
     calibration_bins: int = Field(10, ge=1)
 
 
+ARM_KEYS: tuple[str, ...] = (
+    "dispatch.policy", "dispatch.L", "dispatch.Q", "dispatch.forecast_days", "dispatch.optimal_floor_share",
+    "dispatch.optimal_floor_bonus", "dispatch.optimal_cover_bonus", "dispatch.weight_by_p_active",
+)
+"""Keys an experiment arm may override: the dispatch stage runs once per arm, every earlier stage
+(activity, models, indexes, candidates, ranking) runs once for all arms, so only dispatch knobs can
+differ. ``dispatch.batches_per_day`` is shared (``ranked`` carries the batch of each upload) and
+``dispatch.boost_lambda`` is applied by the boost job with one value (docs/experiments.md)."""
+
+DEFAULT_SALT = 0x5EED_AB01
+"""Experiment salt when none is configured; keep it across days so an id keeps its arm."""
+
+
+def _is_config_key(dotted: str) -> bool:
+    """True when ``dotted`` names a field (or a section) of :class:`DualRecConfig`."""
+    model: Any = DualRecConfig
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return True  # inside a map (rank.beta.like): the map's own validation decides
+        f = model.model_fields.get(part)
+        if f is None:
+            return False
+        model = f.annotation
+    return True
+
+
+class ArmConfig(_Section):
+    """One arm of a co-diverted experiment: its traffic share and its config overrides."""
+
+    share: float = Field(gt=0, le=1, description="share of creators and (the same) share of users")
+    overrides: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description=f"dotted key -> value, keys among: {', '.join(ARM_KEYS)}"
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _arm_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key not in ARM_KEYS:
+                if not _is_config_key(key):
+                    raise ValueError(f"unknown config key {key!r}; per-arm keys: {', '.join(ARM_KEYS)}")
+                why = ("shared by all arms" if key.startswith("dispatch.")
+                       else f"the stages of section {key.split('.', 1)[0]!r} run once for all arms")
+                raise ValueError(f"{key!r} cannot vary per arm ({why}); per-arm keys: {', '.join(ARM_KEYS)}")
+        return v
+
+
+class ExperimentConfig(_Section):
+    """User-creator co-diverted A/B experiment (paper 5.1.1); no arms or one arm = a plain run."""
+
+    arms: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ArmConfig] = Field(
+        default_factory=dict, description="arm name -> {share, overrides}; shares sum to 1"
+    )
+    salt: int = Field(DEFAULT_SALT, ge=0, le=2**63 - 1, description="hash salt of the assignment; keep it stable")
+    control: str = Field("control", min_length=1, description="the arm differences are taken against")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap replicates over creators for the intervals")
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _shares(self) -> "ExperimentConfig":
+        if self.arms:
+            total = sum(a.share for a in self.arms.values())
+            if abs(total - 1.0) > 1e-9:
+                raise ValueError(f"arm shares must sum to 1, got {total:g} ({', '.join(f'{k}={a.share:g}' for k, a in self.arms.items())})")
+        if len(self.arms) >= 2 and self.control not in self.arms:
+            raise ValueError(f"control arm {self.control!r} is not an arm (arms: {', '.join(self.arms)})")
+        return self
+
+
 REFERENTIAL_CHECKS: tuple[str, ...] = ("interactions_items", "interactions_users", "visits_users", "interaction_after_upload")
 SANITY_GATES: tuple[str, ...] = ("available_users", "candidates", "matches")
 RefCheck = Literal[REFERENTIAL_CHECKS]  # type: ignore[valid-type]
@@ -458,6 +527,21 @@ class DualRecConfig(_Section):
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+
+    @model_validator(mode="after")
+    def _arm_overrides_valid(self) -> "DualRecConfig":
+        """Every arm's overrides must make a valid config (a bad value stops the run at load time)."""
+        if not self.experiment.arms:
+            return self
+        base = self.model_copy(update={"experiment": ExperimentConfig()})
+        for name, arm in self.experiment.arms.items():
+            for key, value in arm.overrides.items():
+                try:
+                    base.with_override(key, value)
+                except ConfigError as e:
+                    raise ValueError(f"experiment.arms.{name}.overrides: {str(e).removeprefix('invalid config: ')}") from None
+        return self
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -46,7 +46,10 @@ STAGE_SPECS: tuple[StageSpec, ...] = (
     # channel-specific inputs are declared by each channel (dualrec.channels) and checked by the stage
     StageSpec("retrieve", ("items", "activity_scores"), ("candidates",)),
     StageSpec("rank", ("users", "items", "interactions", "candidates"), ("ranked",), ("ranker",)),
-    StageSpec("dispatch", ("items", "activity_scores", "ranked"), ("match_sets", "user_match_sets", "available_users")),
+    # buckets: only on experiment days (dualrec.experiment)
+    StageSpec(
+        "dispatch", ("items", "activity_scores", "ranked"), ("match_sets", "user_match_sets", "available_users", "buckets")
+    ),
     StageSpec("metrics", ("items", "activity_scores", "match_sets"), ("metrics",)),
 )
 

@@ -243,6 +243,18 @@ _SPECS: list[TableSpec] = [
         doc="Store state after each batch: |D_u| so far and whether u is still in U~.",
     ),
     TableSpec(
+        "buckets",
+        (
+            C("kind", pa.string(), doc="'user' or 'creator'"),
+            C("id", pa.int64(), doc="user_id or creator_id"),
+            C("arm", pa.string()),
+        ),
+        key=("kind", "id"),
+        allow_empty=True,
+        doc="Experiment assignment of day dt (written by dispatch only when experiment.arms has >= 2 arms): "
+        "every user of activity_scores and every creator of items with its arm (dualrec.experiment).",
+    ),
+    TableSpec(
         "metrics",
         (C("metric", pa.string()), C("value", pa.float64(), nullable=True), C("detail", pa.string(), nullable=True)),
         key=("metric",),

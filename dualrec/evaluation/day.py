@@ -42,6 +42,7 @@ from dualrec.channels.base import channel_names
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.evaluation import baselines as B
 from dualrec.evaluation import optimum as O
+from dualrec.evaluation.experiment import experiment_section
 from dualrec.evaluation.figures import (
     PAPER_CHANNEL_SHARE,
     PAPER_HIT_RATE,
@@ -241,7 +242,8 @@ def no_store_hist(lake: Lake, day: dt.date, L: int, spark=None) -> list[int] | N
     return du_histogram(du_counts(users[B.dispatch_without_store(items, users, g, L)]))
 
 
-def dispatch_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], spark=None) -> dict[str, Any]:
+def dispatch_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], spark=None,
+                     no_store: bool = True) -> dict[str, Any]:
     L, Q = cfg.dispatch.L, cfg.dispatch.Q
     ordered, hours = _upload_order(inp.items) if inp.items is not None else (None, None)
     out = dispatch_figures(inp.match, ordered, inp.available, L, Q, hours)
@@ -256,7 +258,7 @@ def dispatch_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list
     out["paper_channel_share"] = dict(PAPER_CHANNEL_SHARE)
     out["batches"] = int(pc.count_distinct(inp.match_t.column("batch")).as_py()) if has else None
     out["policy"] = cfg.dispatch.policy
-    out["du_hist_no_store"] = no_store_hist(lake, inp.day, L, spark)
+    out["du_hist_no_store"] = no_store_hist(lake, inp.day, L, spark) if no_store else None
     out["max_du_no_store"] = len(out["du_hist_no_store"]) - 1 if out["du_hist_no_store"] else None
     return out
 
@@ -441,6 +443,13 @@ def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[
     return q, retrieval
 
 
+def arm_sections(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], rng, horizon_days: int = 1) -> dict:
+    """The section-6 figures of one experiment arm (``inp`` cut to its items and users; shared stages excluded)."""
+    quality, retrieval = quality_section(lake, inp, cfg, chans, rng, horizon_days)
+    return {"activity": activity_section(inp, cfg), "dispatch": dispatch_section(lake, inp, cfg, chans, no_store=False),
+            "quality": quality, "retrieval": retrieval}
+
+
 def ranking_section(spark_get: Callable[[], Any], lake: Lake, day: dt.date, cfg: DualRecConfig, inter: pa.Table | None) -> dict[str, Any]:
     """ranking.auc by task (the ranker's own held-out evaluation), plus AUC on D+1 exposures."""
     out: dict[str, Any] = {"auc": {t: None for t in RANK_TASKS}, "auc_logged": {t: None for t in RANK_TASKS}}
@@ -528,6 +537,8 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
         "retrieval": retrieval,
         "ranking": ranking_section(spark_get, lake, day, cfg, inp.inter_n),
         "cost": cost_figures(lake, day),
+        "experiment": experiment_section(lake, inp, cfg, lambda i, c, r: arm_sections(lake, i, c, chans, r, horizon_days),
+                                         quality["truth_available"] and truth_scorer(lake, nxt) or None),
     }
     return json.loads(json.dumps(result, default=_json_default))
 

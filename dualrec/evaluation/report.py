@@ -357,6 +357,35 @@ def _optimum_value(m: dict, sfx: str = "_optimum") -> float | None:
     return v if v is not None else _g(m, f"quality.{sfx[1:]}_upper_bound")
 
 
+EXPERIMENT_ROWS: list[tuple[str, str, str]] = [
+    ("share", "traffic share", "pct"), ("creators", "creators", "int"), ("users", "users", "int"),
+    ("dispatch.policy", "policy", "str"), ("dispatch.l", "L", "int"), ("dispatch.q", "Q", "int"),
+    ("dispatch.items", "items", "int"), ("dispatch.coverage", "coverage", "pct"), ("dispatch.fair_served", "fair served", "pct"),
+    ("dispatch.max_du", "max |D_u|", "int"), ("activity.hit_rate", "hit rate", "pct"),
+    ("quality.expected_feedback", "expected feedback, total", "num"), ("quality.feedback_per_pair", "per pair", "num"),
+    ("quality.items_reaching_feedback", "items reaching 1 feedback", "pct"), ("quality.optimum_ratio", "share of optimum", "pct"),
+]
+
+
+def experiment_context(metrics: dict) -> dict[str, Any] | None:
+    """Per-arm table and the treatment - control differences with their intervals (issue 19)."""
+    exp = metrics.get("experiment")
+    if not isinstance(exp, dict) or not exp.get("arms"):
+        return None
+    names = list(exp["arms"])
+    rows = [(label, [fmt(_g(exp["arms"][a], p), kind) if kind != "str" else fmt(_g(exp["arms"][a], p)) for a in names])
+            for p, label, kind in EXPERIMENT_ROWS]
+    for f in (exp["arms"][names[0]].get("creator_figures") or {}):
+        rows.append((f"{f} (by creator)", [fmt((exp["arms"][a].get("creator_figures") or {}).get(f)) for a in names]))
+    diff = []
+    for f, d in (exp.get("difference") or {}).items():
+        diff.append({"figure": f, "estimate": fmt(d.get("estimate")),
+                     "ci": f"[{fmt(d.get('ci_low'))}, {fmt(d.get('ci_high'))}]", "true": fmt(d.get("true")),
+                     "covers": fmt(d.get("covers"))})
+    return {"arms": names, "rows": rows, "difference": diff, "treatment": exp.get("treatment"),
+            "control": exp.get("control"), "cross": exp.get("cross_arm_pairs"), "confidence": fmt(exp.get("confidence"), "pct")}
+
+
 def day_context(day: dt.date, metrics: dict, images: list[tuple[str, str]]) -> dict[str, Any]:
     """Everything the day template shows, as plain rows."""
     headline = [(title, [(label, fmt(_g(metrics, p), kind) if kind != "str" else fmt(_g(metrics, p)), p)
@@ -399,6 +428,7 @@ def day_context(day: dt.date, metrics: dict, images: list[tuple[str, str]]) -> d
         "paper_auc": PAPER_RANK_AUC["with_sa_ef"], "images": images, "missing": missing, "all_rows": all_rows,
         "pool": _g(metrics, "quality.optimum_pool_users"), "exact": _g(metrics, "quality.optimum_exact"),
         "screened": _g(metrics, "quality.optimum_screened_users"), "gap": fmt(_g(metrics, "quality.optimum_gap"), "pct"),
+        "experiment": experiment_context(metrics),
     }
 
 

@@ -24,7 +24,10 @@ import pyarrow.compute as pc
 
 from dualrec.batches import batch_of_seconds
 from dualrec.dispatch import PolicyParams, check_invariants, dispatch_day, upload_curve
+from dualrec.experiment import clear as clear_experiment
+from dualrec.experiment import is_experiment
 from dualrec.lake import Lake
+from dualrec.stages import dispatch_arms
 from dualrec.stages.base import StageContext, partition_rows, write_empty
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ def prior_upload_batches(lake: Lake, day: dt.date, days: int, batches_per_day: i
 def reads(cfg, day):
     """Upstream partitions read for ``day``: D's uploads, plus the earlier days whose upload
     curves forecast the rest of the day when the policy is ``paced``."""
+    if is_experiment(cfg):  # experiment.arms: each arm's own policy decides (issue 19)
+        return dispatch_arms.reads(cfg, day)
     days = [day]
     if cfg.dispatch.policy == "paced":
         days = [day - dt.timedelta(days=k) for k in range(cfg.dispatch.forecast_days, 0, -1)] + days
@@ -76,6 +81,7 @@ def empty_day(ctx: StageContext) -> dict | None:
     lake.write_table("available_users", day, store)
     write_empty(lake, "user_match_sets", day)
     write_empty(lake, "match_sets", day)  # last: match_sets present = the day's dispatch is complete
+    clear_experiment(lake, day)  # a plain rerun of an experiment day: no stale assignment
     stats = {"policy": cfg.policy, "items": partition_rows(lake, "items", day), "available_users": int(len(users)),
              "pairs": 0, "total_g": 0.0, "users_matched": 0, "items_covered": 0, "items_full": 0}
     log.info("dispatch %s: nothing ranked, empty match sets published: %s", day, stats)
@@ -84,6 +90,8 @@ def empty_day(ctx: StageContext) -> dict | None:
 
 def run(ctx: StageContext) -> dict:
     """Dispatch day D's uploads to available users (store, assignment, match sets)."""
+    if is_experiment(ctx.cfg):  # co-diverted arms, each on its own creators and users (issue 19)
+        return dispatch_arms.run(ctx, prior_upload_batches)
     cfg = ctx.cfg.dispatch
     lake, day = ctx.lake, ctx.day
     if partition_rows(lake, "ranked", day) == 0 and (stats := empty_day(ctx)) is not None:
@@ -105,5 +113,6 @@ def run(ctx: StageContext) -> dict:
     lake.write_df(out.available_users, "available_users", day, coalesce=None)
     lake.write_df(out.user_match_sets, "user_match_sets", day)
     lake.write_df(out.match_sets, "match_sets", day)
+    clear_experiment(lake, day)  # a plain rerun of an experiment day: no stale assignment
     log.info("dispatch %s: %s", day, out.stats)
     return dict(out.stats)
