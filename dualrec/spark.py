@@ -38,6 +38,9 @@ def get_spark(cfg: SparkConfig | None = None):
     builder = (
         SparkSession.builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
+        # ANSI casts: writing a derived table narrows to its contract (lake.conform_df); an overflowing value
+        # must fail the write, never wrap around (Spark 4's default, pinned against a cluster that turns it off)
+        .config("spark.sql.ansi.enabled", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
         .config("spark.ui.enabled", "false")
