@@ -7,9 +7,10 @@ the model never learns from feedback that arrived after a batch's cutoff. Warm s
 not seen yet (incremental); otherwise a cold start over the whole window. With
 ``rank.cadence_days`` > 1 a recent enough model is reused and nothing is trained.
 
-Scoring. Every candidate of ``candidates`` dt=D gets point-in-time features at its batch cutoff,
-is scored in ``mapInArrow`` (model broadcast once, item ID masked: new items), then
-theta_u and g_ui = sum_m beta_m s^m / theta_u (paper Eq. 10).
+Scoring. Every candidate of ``candidates`` dt=D gets point-in-time features at its batch cutoff:
+the user half (as of D) and the item half (at the batch cutoff) are built once per user and per
+item in Spark, broadcast, and gathered per pair inside ``mapInArrow`` (model broadcast once, item
+ID masked: new items), which also computes theta_u and g_ui = sum_m beta_m s^m / theta_u (Eq. 10).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from dataclasses import asdict
 from dualrec.artifacts import keep_previous
 from dualrec.lake import Lake, LakeError
 from dualrec.ranking import (
-    integrated_score,
+    THETA_INPUTS,
     model_for_day,
     release,
-    score_in_spark,
-    scoring_rows,
+    score_candidates,
+    scoring_tables,
     training_frame,
 )
 from dualrec.stages.base import StageContext
@@ -37,6 +38,7 @@ from models.ranker import (
     load_ranker,
     new_model,
     save_ranker,
+    side_arrays,
     train_ranker,
 )
 
@@ -122,27 +124,33 @@ def train(ctx: StageContext) -> dict:
 
 
 def score(ctx: StageContext, model) -> dict:
-    """Score D's candidates and write ``ranked``."""
+    """Score D's candidates and write ``ranked``.
+
+    The per-user and per-item feature tables are built once in Spark and broadcast; the workers
+    gather each pair's features from them (``score_candidates``), so no ~100-column pair rows are
+    ever joined or shipped."""
     from pyspark.sql import functions as F
 
-
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
-    cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False)
+    cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False).select("batch", "item_id", "user_id", "channels")
     cached: list = []
     try:
-        rows, _ = scoring_rows(ctx.spark, lake, day, cand.select("batch", "item_id", "user_id", "channels"), cfg, cached)
-        scored = integrated_score(score_in_spark(rows, model, cfg.rank.score_batch_rows), cfg.rank.beta)
-        out = scored.select("batch", "item_id", "user_id", "channels", *[f"s_{t}" for t in TASKS], "theta", "g")
-        lake.write_df(out, "ranked", day, coalesce=4)
+        users, items, g = scoring_tables(ctx.spark, lake, day, cand, cfg, cached)
     finally:
         release(cached)
+    side = side_arrays(users, items, model.spec, user_extra=THETA_INPUTS)
+    scored = score_candidates(cand, side, model, cfg.rank.beta, cfg.rank.theta_prior_strength, g["explicit"],
+                              cfg.rank.score_batch_rows)
+    out = scored.select("batch", "item_id", "user_id", "channels", *[f"s_{t}" for t in TASKS], "theta", "g")
+    lake.write_df(out, "ranked", day, coalesce=4)
     r = lake.read_df(ctx.spark, "ranked", [day], with_dt=False).agg(
         F.count("*").alias("n"), F.avg("g").alias("g"), F.avg("theta").alias("theta")
     ).first()
     n_cand = cand.count()
     if int(r["n"]) != n_cand:
         log.warning("rank: %d candidates but %d ranked rows (items missing from the items table?)", n_cand, r["n"])
-    return {"candidates": n_cand, "ranked": int(r["n"]), "mean_g": r["g"], "mean_theta": r["theta"]}
+    return {"candidates": n_cand, "ranked": int(r["n"]), "mean_g": r["g"], "mean_theta": r["theta"],
+            "users_table": users.num_rows, "items_table": items.num_rows}
 
 
 def run(ctx: StageContext) -> dict:
