@@ -108,20 +108,30 @@ def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
     )
 
 
-def _day_pairs(spark, target_days: list[dt.date], window: int):
-    """(feat_day, src_day) for src_day in [feat_day - window, feat_day - 1]."""
-    rows = [(t, t - dt.timedelta(days=o)) for t in sorted(set(target_days)) for o in range(1, window + 1)]
-    return spark.createDataFrame(rows, "feat_day date, src_day date")
-
-
 def window_sums(spark, daily, keys: list[str], target_days: list[dt.date], window: int):
-    """Sum the per-day aggregates ``daily`` (keys + dt + numeric columns) over each feat_day's window."""
+    """Sum the per-day aggregates ``daily`` (keys + dt + numeric columns) over each feat_day's window
+    [feat_day - window, feat_day - 1]; a (keys, feat_day) row only where that window has a daily row.
+
+    One range window per key over the daily rows plus a query row per (key, feat_day), instead of
+    joining every daily row to each of the up to ``window`` feat_days it serves (a ``window``-fold
+    copy of the daily rows that was shuffled and re-aggregated)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     vals = [c for c in daily.columns if c not in keys and c != "dt"]
-    pairs = F.broadcast(_day_pairs(spark, target_days, window))
-    j = daily.join(pairs, daily["dt"] == pairs["src_day"])
-    return j.groupBy(*keys, "feat_day").agg(*[F.sum(c).alias(c) for c in vals])
+    epoch = F.lit(dt.date(1970, 1, 1))
+    days = spark.createDataFrame([(t,) for t in sorted(set(target_days))], "feat_day date")
+    data = daily.select(*keys, F.datediff("dt", epoch).alias("_d"), F.lit(1).alias("_one"), *vals)
+    queries = daily.select(*keys).distinct().crossJoin(F.broadcast(days)).select(
+        *keys, F.datediff("feat_day", epoch).alias("_d"), F.lit(None).cast("int").alias("_one"),
+        *[F.lit(None).cast(daily.schema[c].dataType).alias(c) for c in vals],
+    )
+    w = Window.partitionBy(*keys).orderBy("_d").rangeBetween(-window, -1)
+    out = data.unionByName(queries).select(
+        *keys, "_d", F.col("_one").isNull().alias("_q"), F.count("_one").over(w).alias("_n"),
+        *[F.sum(c).over(w).alias(c) for c in vals],
+    )
+    return out.where(F.col("_q") & (F.col("_n") > 0)).select(*keys, F.date_add(epoch, F.col("_d")).alias("feat_day"), *vals)
 
 
 def _daily(enriched, key: str, p: int, with_profile: bool):

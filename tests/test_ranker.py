@@ -356,3 +356,24 @@ def test_fast_scoring_equals_joined_rows_path(ranked_world, spark):
     np.testing.assert_array_equal(got[keys + ["batch"]].to_numpy(), ref[keys + ["batch"]].to_numpy())
     for c in [f"s_{t}" for t in TASKS] + ["theta", "g"]:
         np.testing.assert_allclose(got[c].to_numpy(), ref[c].to_numpy(), rtol=1e-5, atol=1e-7, err_msg=c)
+
+
+def test_window_sums_cover_the_days_before_feat_day(spark):
+    """window_sums(feat_day) = sum of the daily rows in [feat_day - U, feat_day - 1]; no row where that
+    window is empty (a left join then reads it as "no history")."""
+    from dualrec.ranking import window_sums
+
+    d0 = dt.date(2026, 1, 1)
+    rows = [(1, d0, 2, 0.5), (1, d0 + dt.timedelta(days=2), 3, 1.0), (2, d0 + dt.timedelta(days=4), 7, 2.0),
+            (1, d0 + dt.timedelta(days=5), 1, 4.0)]
+    daily = spark.createDataFrame(rows, "user_id long, dt date, n_imp long, prof double")
+    targets = [d0 + dt.timedelta(days=k) for k in range(7)]
+    got = {(r["user_id"], r["feat_day"]): (r["n_imp"], r["prof"])
+           for r in window_sums(spark, daily, ["user_id"], targets, 3).collect()}
+    want = {}
+    for t in targets:
+        for u in (1, 2):
+            inside = [(n, p) for (uu, d, n, p) in rows if uu == u and t - dt.timedelta(days=3) <= d <= t - dt.timedelta(days=1)]
+            if inside:
+                want[(u, t)] = (sum(n for n, _ in inside), sum(p for _, p in inside))
+    assert got == want and (1, d0) not in got and (1, d0 + dt.timedelta(days=1)) in got

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import asdict
 
 from dualrec.artifacts import keep_previous
@@ -95,6 +96,7 @@ def train(ctx: StageContext) -> dict:
     start, end, warm = train_window(lake, day, cfg, prev_day if prev is not None else None, prev_end)
     have = [d for d in lake.partitions("interactions") if start <= d <= end]
     pdf = None
+    t0 = time.time()
     if have:
         pdf, g = training_frame(ctx.spark, lake, start, end, cfg, max_rows=cfg.rank.max_train_rows,
                                 seed=ctx.seed("rank_sample"))
@@ -107,11 +109,14 @@ def train(ctx: StageContext) -> dict:
         log.warning("ranker %s: %s; keeping the model of %s", day, reason, prev_day)
         keep_previous(lake, "ranker", day, prev_day, reason)
         return {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
+    frame_seconds = round(time.time() - t0, 3)
+    t0 = time.time()
     cat, dense = featurize(pdf, spec)
     y = labels_of(pdf)
     model = prev if warm else new_model(spec, ctx.seed("rank_init"))
     report = train_ranker(model, cat, dense, y, cfg.rank.epochs, cfg.rank.batch_size, cfg.rank.lr,
                           ctx.seed("rank_train"), cold_start=not warm, threads=cfg.rank.torch_threads)
+    torch_seconds = round(time.time() - t0, 3)
     manifest = {
         "train_start": str(start), "train_end": str(end), "warm_start_from": str(prev_day) if warm else None,
         "global_rates": g, "report": report,
@@ -120,7 +125,8 @@ def train(ctx: StageContext) -> dict:
     with lake.publish_dir(Lake.model_rel("ranker", day)) as rel:
         save_ranker(model, lake, rel, manifest)
     return {"trained": True, "model_day": str(day), "rows": report["rows"], "skipped_tasks": report["skipped_tasks"],
-            "epoch_loss": report["epoch_loss"], "warm": warm, "window": [str(start), str(end)]}
+            "epoch_loss": report["epoch_loss"], "warm": warm, "window": [str(start), str(end)],
+            "frame_seconds": frame_seconds, "torch_seconds": torch_seconds}
 
 
 def score(ctx: StageContext, model) -> dict:
@@ -134,10 +140,12 @@ def score(ctx: StageContext, model) -> dict:
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
     cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False).select("batch", "item_id", "user_id", "channels")
     cached: list = []
+    t0 = time.time()
     try:
         users, items, g = scoring_tables(ctx.spark, lake, day, cand, cfg, cached)
     finally:
         release(cached)
+    tables_seconds = round(time.time() - t0, 3)
     side = side_arrays(users, items, model.spec, user_extra=THETA_INPUTS)
     scored = score_candidates(cand, side, model, cfg.rank.beta, cfg.rank.theta_prior_strength, g["explicit"],
                               cfg.rank.score_batch_rows)
@@ -150,13 +158,11 @@ def score(ctx: StageContext, model) -> dict:
     if int(r["n"]) != n_cand:
         log.warning("rank: %d candidates but %d ranked rows (items missing from the items table?)", n_cand, r["n"])
     return {"candidates": n_cand, "ranked": int(r["n"]), "mean_g": r["g"], "mean_theta": r["theta"],
-            "users_table": users.num_rows, "items_table": items.num_rows}
+            "users_table": users.num_rows, "items_table": items.num_rows, "tables_seconds": tables_seconds}
 
 
 def run(ctx: StageContext) -> dict:
     """Train the ranker on its cadence and score D's candidates."""
-    import time
-
 
     t0 = time.time()
     stats = {"train": train(ctx)}
