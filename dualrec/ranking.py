@@ -96,7 +96,11 @@ def _infer_dim(items) -> int:
 
 
 def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
-    """Exposures of [start, end] joined with item features; flags as ints; ``row_day``."""
+    """Exposures of [start, end] of items in ``items``: flags as ints, ``row_day``, ``creator_id``.
+
+    Narrow on purpose (13 columns): it is cached and scanned by every aggregate; the item's
+    content columns are joined only where a feature needs them (:func:`_daily` profiles, the
+    returned rows)."""
     from pyspark.sql import functions as F
 
     inter = lake.read_df(spark, "interactions", _days(start, end)).withColumnRenamed("dt", "row_day")
@@ -104,7 +108,7 @@ def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
     ex = F.greatest(*[F.col(f"is_{t}").cast("int") for t in EXPLICIT])
     eng = F.greatest(ex, F.col("is_long_view").cast("int"))
     return inter.select("user_id", "item_id", "ts", "row_day", *cols, ex.alias("explicit"), eng.alias("engaged")).join(
-        items, "item_id", "inner"
+        items.select("item_id", "creator_id"), "item_id", "inner"
     )
 
 
@@ -134,15 +138,23 @@ def window_sums(spark, daily, keys: list[str], target_days: list[dt.date], windo
     return out.where(F.col("_q") & (F.col("_n") > 0)).select(*keys, F.date_add(epoch, F.col("_d")).alias("feat_day"), *vals)
 
 
-def _daily(enriched, key: str, p: int, with_profile: bool):
+def _daily(enriched, key: str, p: int, items=None):
+    """Per-(key, day) counts; with ``items`` also the engaged exposures' summed projected content
+    (``n_prof``, ``prof_k``: the profile), joined to the engaged rows only."""
     from pyspark.sql import functions as F
 
     aggs = [F.count("*").alias("n_imp"), F.sum("explicit").alias("n_explicit")]
     aggs += [F.sum(f"y_{t}").alias(f"n_{t}") for t in TASKS]
-    if with_profile:
-        aggs += [F.sum(F.col("engaged")).alias("n_prof")]
-        aggs += [F.sum(F.col("engaged") * F.col(f"i_proj_{k}")).alias(f"prof_{k}") for k in range(p)]
-    return enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+    if items is None:
+        return enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+    aggs += [F.sum(F.col("engaged")).alias("n_prof")]
+    counts = enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+    prof = (
+        enriched.where(F.col("engaged") > 0).select(key, "row_day", "item_id")
+        .join(items.select("item_id", *[f"i_proj_{k}" for k in range(p)]), "item_id")
+        .groupBy(key, F.col("row_day").alias("dt")).agg(*[F.sum(f"i_proj_{k}").alias(f"prof_{k}") for k in range(p)])
+    )
+    return counts.join(prof, [key, "dt"], "left").fillna(0.0, subset=[f"prof_{k}" for k in range(p)])
 
 
 def global_rates(enriched) -> dict[str, float]:
@@ -168,13 +180,13 @@ def _rate_cols(prefix: str, a: float, g: dict[str, float]):
     ]
 
 
-def user_features(spark, lake, enriched, target_days: list[dt.date], cfg, g: dict[str, float]):
+def user_features(spark, lake, enriched, items, target_days: list[dt.date], cfg, g: dict[str, float]):
     """u_* features and theta per (user_id, feat_day) from the U days before feat_day + profile snapshot."""
     from pyspark.sql import functions as F
 
     rc = cfg.rank
     p, a = rc.profile_dim, rc.rate_prior_strength
-    sums = window_sums(spark, _daily(enriched, "user_id", p, True), ["user_id"], target_days, rc.user_window_days)
+    sums = window_sums(spark, _daily(enriched, "user_id", p, items), ["user_id"], target_days, rc.user_window_days)
     has = F.coalesce(F.col("n_prof"), F.lit(0)) > 0
     feats = sums.select(
         "user_id", "feat_day",
@@ -211,7 +223,7 @@ def creator_features(spark, enriched, target_days, cfg, g):
     from pyspark.sql import functions as F
 
     rc = cfg.rank
-    sums = window_sums(spark, _daily(enriched, "creator_id", rc.profile_dim, False), ["creator_id"], target_days,
+    sums = window_sums(spark, _daily(enriched, "creator_id", rc.profile_dim), ["creator_id"], target_days,
                        rc.user_window_days)
     return sums.select("creator_id", "feat_day", F.log1p("n_imp").alias("c_log_imp"),
                        *_rate_cols("c", rc.rate_prior_strength, g))
@@ -223,7 +235,7 @@ def similar_features(spark, lake, enr, keys, cfg, g, target: list[dt.date], up_d
 
     rc = cfg.rank
     sim = lake.read_df(spark, "item_similar", up_days).withColumnRenamed("dt", "upload_day")
-    stats = window_sums(spark, _daily(enr, "item_id", rc.profile_dim, False), ["item_id"], target, rc.user_window_days)
+    stats = window_sums(spark, _daily(enr, "item_id", rc.profile_dim), ["item_id"], target, rc.user_window_days)
     stats = stats.select(F.col("item_id").alias("similar_item_id"), "feat_day", *_rate_cols("x", rc.rate_prior_strength, g))
     j = (
         keys.select("item_id", "upload_day", "feat_day").distinct()
@@ -310,7 +322,7 @@ def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fractio
     enr = _persist(enriched_interactions(spark, lake, first, end, items), cached)
     g = global_rates(enr)
     hist = enr.where(F.col("row_day") >= F.lit(start - dt.timedelta(days=H)))
-    ufeat = _persist(user_features(spark, lake, enr, _days(start - dt.timedelta(days=H), end), cfg, g), cached)
+    ufeat = _persist(user_features(spark, lake, enr, items, _days(start - dt.timedelta(days=H), end), cfg, g), cached)
     ufeat = ufeat.withColumnRenamed("feat_day", "row_day")
     # the rows to return (sampled by hash rank), marked among every exposure of the history
     r = sample_rank_col(seed)
@@ -362,7 +374,7 @@ def _scoring_parts(spark, lake, day: dt.date, candidates, cfg, cached: list | No
     enr = _persist(enriched_interactions(spark, lake, first, day, items), cached)
     past = enr.where(F.col("row_day") < F.lit(day))
     g = global_rates(past)
-    ufeat = _persist(user_features(spark, lake, past, [day], cfg, g), cached)
+    ufeat = _persist(user_features(spark, lake, past, items, [day], cfg, g), cached)
     cand_items = (
         candidates.select("item_id", "batch").distinct()
         .withColumn("cutoff", batch_cutoff_col(day, F.col("batch"), cfg.dispatch.batches_per_day))
