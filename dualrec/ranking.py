@@ -502,9 +502,9 @@ def parse_bytes(text: str | None, default: int = 1 << 30) -> int:
 
 
 def training_row_bytes(p: int) -> int:
-    """Bytes of one :func:`compact` training row once collected as Arrow: 64-bit IDs and ``ts``,
-    float32 features, int8 labels, two date columns."""
-    return 8 * 3 + 4 * (len(input_columns(p)) - 3) + len(TASKS) + 8 + 2 * 4
+    """Bytes of one :func:`compact` training row once collected as Arrow: 64-bit IDs, ``ts`` and
+    sample rank, float32 features, int8 labels, two date columns."""
+    return 8 * 3 + 4 * (len(input_columns(p)) - 3) + len(TASKS) + 8 + 8 + 2 * 4
 
 
 def driver_row_cap(spark, row_size: int, share: float = 0.5) -> int:
@@ -674,8 +674,8 @@ def ranking_auc(spark, lake, day, cfg, max_rows: int = RANKING_AUC_ROWS) -> dict
 
     The model used on D is trained on days strictly before D (jobs/rank.py), so D's exposures are
     held out. At most ``max_rows`` exposures, drawn by hash rank before any feature is built
-    (:func:`training_frame`, seed 7): the same rows on every run, and the feature frame costs in
-    proportion to the sample, not to the day. None per task when the model, the partition, or
+    (:func:`training_frame`, seed 7): the same rows on every run, and every feature but the item's
+    so-far history (which needs all exposures) is joined to the sample only. None per task when the model, the partition, or
     one of the classes is missing.
     """
 
