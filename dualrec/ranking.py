@@ -557,7 +557,6 @@ def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int
     so the frame (and its row order) is the same on every run with the same seed. Caches are
     released on return.
     """
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     cached: list = []

@@ -311,7 +311,7 @@ def _sides(n_users: int, n_items: int, seed: int):
 def test_featurize_pairs_equals_featurize_of_joined_rows():
     """Gathering user and item halves by ID gives exactly featurize() of the joined rows; an unknown
     user is the left join's null row (its own hashed ID, zeros elsewhere), nulls and NaN become 0."""
-    from models.ranker import side_arrays, featurize_pairs
+    from models.ranker import featurize_pairs, side_arrays
 
     u, it = _sides(30, 12, 8)
     u.loc[3, "u_rate_like"] = np.nan
