@@ -1,10 +1,11 @@
-"""Ranker scoring throughput (pairs/s): the model alone (featurize + predict on the driver) and
-inside Spark (``score_in_spark``: mapInArrow, model broadcast once) on synthetic feature rows.
+"""Ranker scoring throughput (pairs/s): the model alone (featurize + predict on the driver; and
+the stage's path, per-user/per-item tables gathered by ``featurize_pairs``) and inside Spark
+(``score_in_spark``: mapInArrow, model broadcast once) on synthetic feature rows.
 
 Medium-sized by default: ~50k uploads/day x a few hundred candidates is 10M+ pairs per day; we
 score ``--pairs`` synthetic rows (default 2M) and report pairs/s, so the daily cost extrapolates.
 
-    python benchmarks/rank_throughput.py --pairs 2000000
+    python benchmarks/rank_throughput.py --pairs 2000000 [--driver-only]
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dualrec.config import DualRecConfig  # noqa: E402
-from models.ranker import RankerSpec, featurize, input_columns, new_model, predict  # noqa: E402
+from models.ranker import (  # noqa: E402
+    RankerSpec,
+    featurize,
+    featurize_pairs,
+    input_columns,
+    item_table_columns,
+    new_model,
+    predict,
+    side_arrays,
+    user_table_columns,
+)
 
 
 def synthetic_rows(n: int, p: int, seed: int = 0):
@@ -34,11 +45,42 @@ def synthetic_rows(n: int, p: int, seed: int = 0):
     return df
 
 
+def side_tables_throughput(spec, model, n: int, batch_rows: int, users: int = 10_000, items: int = 1_000,
+                           chunk: int = 10_000) -> dict:
+    """CPU pairs/s of the rank stage's scoring loop: lookups + ``featurize_pairs`` + ``predict``
+    per Arrow-sized chunk, from per-user / per-item tables of a small day's size."""
+    import pandas as pd
+    import pyarrow as pa
+
+    rng = np.random.default_rng(1)
+    u = pd.DataFrame({c: rng.normal(size=users).astype(np.float32) for c in user_table_columns(spec.profile_dim)})
+    u["user_id"] = rng.permutation(users) * 7
+    for c in ("age_bucket", "gender", "region", "device"):
+        u[c] = rng.integers(0, 9, users)
+    it = pd.DataFrame({c: rng.normal(size=items).astype(np.float32) for c in item_table_columns(spec.profile_dim)})
+    it["item_id"] = rng.permutation(items) * 3
+    it["creator_id"], it["category"] = rng.integers(0, 500, items), rng.integers(0, 20, items)
+    side = side_arrays(pa.Table.from_pandas(u), pa.Table.from_pandas(it), spec)
+    uid, iid = rng.choice(u.user_id.to_numpy(), n), rng.choice(it.item_id.to_numpy(), n)
+    t_feat = t_pred = 0.0
+    for s in range(0, n, chunk):
+        t = time.process_time()
+        cat, dense = featurize_pairs(side, uid[s:s + chunk], side.user_rows(uid[s:s + chunk]),
+                                     side.item_rows(iid[s:s + chunk]), spec, mask_item_id=True)
+        t_feat += time.process_time() - t
+        t = time.process_time()
+        predict(model, cat, dense, batch_rows)
+        t_pred += time.process_time() - t
+    return {"pairs": n, "featurize_pairs_per_cpu_s": round(n / t_feat), "predict_pairs_per_cpu_s": round(n / t_pred),
+            "total_pairs_per_cpu_s": round(n / (t_feat + t_pred))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=2_000_000)
     ap.add_argument("--driver-pairs", type=int, default=200_000)
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--driver-only", action="store_true", help="skip the Spark measurement")
     args = ap.parse_args(argv)
     cfg = DualRecConfig()
     spec = RankerSpec.from_cfg(cfg.rank)
@@ -58,7 +100,10 @@ def main(argv=None) -> int:
     out["driver_1_thread"] = {"pairs": len(df), "featurize_pairs_per_s": round(len(df) / t_feat),
                               "predict_pairs_per_s": round(len(df) / t_pred),
                               "total_pairs_per_s": round(len(df) / (t_feat + t_pred))}
+    out["driver_side_tables_1_thread"] = side_tables_throughput(spec, model, args.driver_pairs, cfg.rank.score_batch_rows)
     print(json.dumps(out, indent=2))
+    if args.driver_only:
+        return 0
 
     from pyspark.sql import functions as F
 

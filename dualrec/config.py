@@ -305,7 +305,11 @@ class RankConfig(_Section):
     extra_features: bool = True
     warm_start: bool = True
     cadence_days: int = Field(1, ge=1, description="> 1: a model younger than this many days is reused")
-    max_train_rows: int = Field(2_000_000, ge=1)
+    max_train_rows: int = Field(
+        2_000_000, ge=1,
+        description="training exposures, a hash sample drawn before the features (also capped by spark.driver.maxResultSize); "
+        "400k cost 0.011-0.022 AUC per task at small (BENCHMARKS 8), so the default stays",
+    )
     beta: dict[Feedback, Annotated[float, Field(ge=0)]] = Field(
         default=DEFAULT_BETA,
         description="Eq. 10 weight per feedback type (>= 0, at least one > 0), merged over the defaults",
@@ -323,8 +327,8 @@ class RankConfig(_Section):
     cat_buckets: int = Field(64, ge=2)
     score_batch_rows: int = Field(8192, ge=1)
     torch_threads: int = Field(
-        1, ge=1,
-        description="training threads; >1 only pays on dedicated cores (measured: 2 threads 18x slower on a loaded 2-core box)",
+        2, ge=1,
+        description="training threads (capped at the cores; OpenMP waits passively, see models/__init__.py)",
     )
 
     @field_validator("beta", mode="before")

@@ -27,13 +27,17 @@ from dualrec.lake import parse_date
 from dualrec.stats import roc_auc
 from models.ranker import (
     TASKS,
+    SideArrays,
     featurize,
+    featurize_pairs,
     input_columns,
+    item_table_columns,
     labels_of,
     load_ranker,
     model_from_bytes,
     model_to_bytes,
     predict,
+    user_table_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +96,11 @@ def _infer_dim(items) -> int:
 
 
 def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
-    """Exposures of [start, end] joined with item features; flags as ints; ``row_day``."""
+    """Exposures of [start, end] of items in ``items``: flags as ints, ``row_day``, ``creator_id``.
+
+    Narrow on purpose (13 columns): it is cached and scanned by every aggregate; the item's
+    content columns are joined only where a feature needs them (:func:`_daily` profiles, the
+    returned rows)."""
     from pyspark.sql import functions as F
 
     inter = lake.read_df(spark, "interactions", _days(start, end)).withColumnRenamed("dt", "row_day")
@@ -100,35 +108,53 @@ def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
     ex = F.greatest(*[F.col(f"is_{t}").cast("int") for t in EXPLICIT])
     eng = F.greatest(ex, F.col("is_long_view").cast("int"))
     return inter.select("user_id", "item_id", "ts", "row_day", *cols, ex.alias("explicit"), eng.alias("engaged")).join(
-        items, "item_id", "inner"
+        items.select("item_id", "creator_id"), "item_id", "inner"
     )
 
 
-def _day_pairs(spark, target_days: list[dt.date], window: int):
-    """(feat_day, src_day) for src_day in [feat_day - window, feat_day - 1]."""
-    rows = [(t, t - dt.timedelta(days=o)) for t in sorted(set(target_days)) for o in range(1, window + 1)]
-    return spark.createDataFrame(rows, "feat_day date, src_day date")
-
-
 def window_sums(spark, daily, keys: list[str], target_days: list[dt.date], window: int):
-    """Sum the per-day aggregates ``daily`` (keys + dt + numeric columns) over each feat_day's window."""
+    """Sum the per-day aggregates ``daily`` (keys + dt + numeric columns) over each feat_day's window
+    [feat_day - window, feat_day - 1]; a (keys, feat_day) row only where that window has a daily row.
+
+    One range window per key over the daily rows plus a query row per (key, feat_day), instead of
+    joining every daily row to each of the up to ``window`` feat_days it serves (a ``window``-fold
+    copy of the daily rows that was shuffled and re-aggregated)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     vals = [c for c in daily.columns if c not in keys and c != "dt"]
-    pairs = F.broadcast(_day_pairs(spark, target_days, window))
-    j = daily.join(pairs, daily["dt"] == pairs["src_day"])
-    return j.groupBy(*keys, "feat_day").agg(*[F.sum(c).alias(c) for c in vals])
+    epoch = F.lit(dt.date(1970, 1, 1))
+    days = spark.createDataFrame([(t,) for t in sorted(set(target_days))], "feat_day date")
+    data = daily.select(*keys, F.datediff("dt", epoch).alias("_d"), F.lit(1).alias("_one"), *vals)
+    queries = daily.select(*keys).distinct().crossJoin(F.broadcast(days)).select(
+        *keys, F.datediff("feat_day", epoch).alias("_d"), F.lit(None).cast("int").alias("_one"),
+        *[F.lit(None).cast(daily.schema[c].dataType).alias(c) for c in vals],
+    )
+    w = Window.partitionBy(*keys).orderBy("_d").rangeBetween(-window, -1)
+    out = data.unionByName(queries).select(
+        *keys, "_d", F.col("_one").isNull().alias("_q"), F.count("_one").over(w).alias("_n"),
+        *[F.sum(c).over(w).alias(c) for c in vals],
+    )
+    return out.where(F.col("_q") & (F.col("_n") > 0)).select(*keys, F.date_add(epoch, F.col("_d")).alias("feat_day"), *vals)
 
 
-def _daily(enriched, key: str, p: int, with_profile: bool):
+def _daily(enriched, key: str, p: int, items=None):
+    """Per-(key, day) counts; with ``items`` also the engaged exposures' summed projected content
+    (``n_prof``, ``prof_k``: the profile), joined to the engaged rows only."""
     from pyspark.sql import functions as F
 
     aggs = [F.count("*").alias("n_imp"), F.sum("explicit").alias("n_explicit")]
     aggs += [F.sum(f"y_{t}").alias(f"n_{t}") for t in TASKS]
-    if with_profile:
-        aggs += [F.sum(F.col("engaged")).alias("n_prof")]
-        aggs += [F.sum(F.col("engaged") * F.col(f"i_proj_{k}")).alias(f"prof_{k}") for k in range(p)]
-    return enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+    if items is None:
+        return enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+    aggs += [F.sum(F.col("engaged")).alias("n_prof")]
+    counts = enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
+    prof = (
+        enriched.where(F.col("engaged") > 0).select(key, "row_day", "item_id")
+        .join(items.select("item_id", *[f"i_proj_{k}" for k in range(p)]), "item_id")
+        .groupBy(key, F.col("row_day").alias("dt")).agg(*[F.sum(f"i_proj_{k}").alias(f"prof_{k}") for k in range(p)])
+    )
+    return counts.join(prof, [key, "dt"], "left").fillna(0.0, subset=[f"prof_{k}" for k in range(p)])
 
 
 def global_rates(enriched) -> dict[str, float]:
@@ -154,13 +180,13 @@ def _rate_cols(prefix: str, a: float, g: dict[str, float]):
     ]
 
 
-def user_features(spark, lake, enriched, target_days: list[dt.date], cfg, g: dict[str, float]):
+def user_features(spark, lake, enriched, items, target_days: list[dt.date], cfg, g: dict[str, float]):
     """u_* features and theta per (user_id, feat_day) from the U days before feat_day + profile snapshot."""
     from pyspark.sql import functions as F
 
     rc = cfg.rank
     p, a = rc.profile_dim, rc.rate_prior_strength
-    sums = window_sums(spark, _daily(enriched, "user_id", p, True), ["user_id"], target_days, rc.user_window_days)
+    sums = window_sums(spark, _daily(enriched, "user_id", p, items), ["user_id"], target_days, rc.user_window_days)
     has = F.coalesce(F.col("n_prof"), F.lit(0)) > 0
     feats = sums.select(
         "user_id", "feat_day",
@@ -197,7 +223,7 @@ def creator_features(spark, enriched, target_days, cfg, g):
     from pyspark.sql import functions as F
 
     rc = cfg.rank
-    sums = window_sums(spark, _daily(enriched, "creator_id", rc.profile_dim, False), ["creator_id"], target_days,
+    sums = window_sums(spark, _daily(enriched, "creator_id", rc.profile_dim), ["creator_id"], target_days,
                        rc.user_window_days)
     return sums.select("creator_id", "feat_day", F.log1p("n_imp").alias("c_log_imp"),
                        *_rate_cols("c", rc.rate_prior_strength, g))
@@ -209,7 +235,7 @@ def similar_features(spark, lake, enr, keys, cfg, g, target: list[dt.date], up_d
 
     rc = cfg.rank
     sim = lake.read_df(spark, "item_similar", up_days).withColumnRenamed("dt", "upload_day")
-    stats = window_sums(spark, _daily(enr, "item_id", rc.profile_dim, False), ["item_id"], target, rc.user_window_days)
+    stats = window_sums(spark, _daily(enr, "item_id", rc.profile_dim), ["item_id"], target, rc.user_window_days)
     stats = stats.select(F.col("item_id").alias("similar_item_id"), "feat_day", *_rate_cols("x", rc.rate_prior_strength, g))
     j = (
         keys.select("item_id", "upload_day", "feat_day").distinct()
@@ -261,11 +287,28 @@ def release(cached: list) -> None:
     cached.clear()
 
 
+SAMPLE_SCALE = 1 << 31
+
+
+def sample_rank_col(seed: int):
+    """Deterministic hash rank in [0, 2^31) of an exposure (user, item, ts) and a seed.
+
+    Why a hash and not ``rand``: the same rows are drawn whatever the partitioning or the order
+    Spark reads them in, so a rerun with the same seed trains on the same rows."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64("user_id", "item_id", F.unix_micros("ts"), F.lit(int(seed))), F.lit(SAMPLE_SCALE))
+
+
 def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fraction: float = 1.0, seed: int = 0,
                   cached: list | None = None):
     """Labelled feature rows for the exposures of [start, end] (every column of ``input_columns``,
-    ``y_<task>``, ``row_day``, ``upload_day``). Returns (DataFrame, global rates).
+    ``y_<task>``, ``row_day``, ``upload_day``, ``ts`` and the sample rank ``_r``). Returns (DataFrame, global rates).
 
+    ``sample_fraction`` < 1 keeps the exposures whose hash rank (:func:`sample_rank_col`) is below
+    fraction * 2^31, drawn BEFORE any feature is attached: only the item's so-far history runs over
+    every exposure (it needs them all), and only its engaged exposures are joined with the user
+    profile; the user, creator and similar-item features are joined to the sampled rows alone.
     Pass a list as ``cached`` to cache the shared intermediates (then :func:`release` it)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -279,27 +322,36 @@ def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fractio
     enr = _persist(enriched_interactions(spark, lake, first, end, items), cached)
     g = global_rates(enr)
     hist = enr.where(F.col("row_day") >= F.lit(start - dt.timedelta(days=H)))
-    ufeat = user_features(spark, lake, enr, _days(start - dt.timedelta(days=H), end), cfg, g)
+    ufeat = _persist(user_features(spark, lake, enr, items, _days(start - dt.timedelta(days=H), end), cfg, g), cached)
     ufeat = ufeat.withColumnRenamed("feat_day", "row_day")
-    hist = hist.join(ufeat, ["user_id", "row_day"], "left")
+    # the rows to return (sampled by hash rank), marked among every exposure of the history
+    r = sample_rank_col(seed)
+    q = F.col("row_day") >= F.lit(start)
+    if sample_fraction < 1.0:
+        q = q & (r < F.lit(int(sample_fraction * SAMPLE_SCALE)))
+    y = [f"y_{t}" for t in TASKS]
+    ev = hist.select("user_id", "item_id", "ts", "row_day", "engaged", *y, q.alias("_q"))
+    # profile of the engaged users as of the exposure's day (the only rows whose profile counts)
+    prof = ufeat.select("user_id", "row_day", *[F.col(f"u_prof_{k}").alias(f"_up_{k}") for k in range(p)])
+    eng = ev.where(F.col("engaged") > 0).join(prof, ["user_id", "row_day"], "left")
+    zero = [F.lit(None).cast("double").alias(f"_up_{k}") for k in range(p)]
+    ev = eng.unionByName(ev.where(F.col("engaged") <= 0).select("*", *zero))
+    ev = ev.select("*", *[(F.col("engaged") * F.coalesce(F.col(f"_up_{k}"), F.lit(0.0))).alias(f"_pp_{k}") for k in range(p)])
     # item so far: exposures of the same item strictly before this row's timestamp
     w = Window.partitionBy("item_id").orderBy(F.unix_micros("ts")).rangeBetween(Window.unboundedPreceding, -1)
-    hist = hist.select("*", *_engaged_profile_cols(p))
-    hist = hist.select(
-        "*",
+    so = ev.select(
+        "user_id", "item_id", "ts", "row_day", "_q", *y,
         F.count("*").over(w).alias("e_n_imp"),
         F.sum("engaged").over(w).alias("e_n_pos"),
         *[F.sum(f"y_{t}").over(w).alias(f"e_n_{t}") for t in TASKS],
         *[F.sum(f"_pp_{k}").over(w).alias(f"e_prof_{k}") for k in range(p)],
-    )
-    rows = hist.where(F.col("row_day") >= F.lit(start))
-    if sample_fraction < 1.0:
-        rows = rows.where(F.rand(seed) < F.lit(sample_fraction))
+    ).where(F.col("_q")).drop("_q")
     # (no item-age feature: at scoring every item is < 1 batch old, a range training barely covers)
-    rows = _sofar_finish(rows, cfg, g).withColumn("feat_day", F.col("row_day"))
+    rows = so.join(items, "item_id", "inner").join(ufeat, ["user_id", "row_day"], "left")
+    rows = _sofar_finish(rows, cfg, g).withColumn("feat_day", F.col("row_day")).withColumn("_r", r)
     rows = _attach_item_side(spark, lake, rows, enr, cfg, g, _days(start, end), _days(item_start, end))
     cols = input_columns(p)
-    return rows.select(*cols, *[f"y_{t}" for t in TASKS], "row_day", "upload_day", "ts"), g
+    return rows.select(*cols, *y, "row_day", "upload_day", "ts", "_r"), g
 
 
 def _attach_item_side(spark, lake, rows, enr, cfg, g, target: list[dt.date], up_days: list[dt.date]):
@@ -310,12 +362,9 @@ def _attach_item_side(spark, lake, rows, enr, cfg, g, target: list[dt.date], up_
     return rows.fillna(fill)
 
 
-def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None = None):
-    """Feature rows for D's candidates (batch, item_id, user_id, channels, ...) at their batch cutoff.
-
-    Also returns theta per row (column ``theta``). Returns (DataFrame, global rates)."""
+def _scoring_parts(spark, lake, day: dt.date, candidates, cfg, cached: list | None = None):
+    """(per-item features at the batch cutoff, per-user features as of D, global rates) for D's candidates."""
     from pyspark.sql import functions as F
-
 
     rc = cfg.rank
     p, U = rc.profile_dim, rc.user_window_days
@@ -325,7 +374,7 @@ def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None
     enr = _persist(enriched_interactions(spark, lake, first, day, items), cached)
     past = enr.where(F.col("row_day") < F.lit(day))
     g = global_rates(past)
-    ufeat = _persist(user_features(spark, lake, past, [day], cfg, g), cached)
+    ufeat = _persist(user_features(spark, lake, past, items, [day], cfg, g), cached)
     cand_items = (
         candidates.select("item_id", "batch").distinct()
         .withColumn("cutoff", batch_cutoff_col(day, F.col("batch"), cfg.dispatch.batches_per_day))
@@ -344,10 +393,101 @@ def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None
     )
     it = _sofar_finish(cand_items.join(so, "item_id", "left"), cfg, g).withColumn("feat_day", F.lit(day))
     it = _attach_item_side(spark, lake, it, past, cfg, g, [day], _days(item_start, day))
-    rows = candidates.drop("batch").join(it, "item_id", "inner").join(ufeat.drop("feat_day"), "user_id", "left")
+    return it, ufeat.drop("feat_day"), g
+
+
+def scoring_rows(spark, lake, day: dt.date, candidates, cfg, cached: list | None = None):
+    """Feature rows for D's candidates (batch, item_id, user_id, channels, ...) at their batch cutoff.
+
+    The joined, ~100-column form (reference for :func:`score_candidates`, which gathers the same
+    features from per-user and per-item tables). Also returns theta per row (column ``theta``).
+    Returns (DataFrame, global rates)."""
+    rc = cfg.rank
+    it, ufeat, g = _scoring_parts(spark, lake, day, candidates, cfg, cached)
+    rows = candidates.drop("batch").join(it, "item_id", "inner").join(ufeat, "user_id", "left")
     rows = rows.withColumn("theta", theta_expr(rc.theta_prior_strength, g["explicit"]).cast("float"))
     keep = ["batch", "channels", "theta"]
-    return rows.select(*input_columns(p), *[c for c in keep if c in rows.columns]), g
+    return rows.select(*input_columns(rc.profile_dim), *[c for c in keep if c in rows.columns]), g
+
+
+THETA_INPUTS = ("u_n_explicit", "u_n_imp")
+
+
+def scoring_tables(spark, lake, day: dt.date, candidates, cfg, cached: list | None = None):
+    """(users Arrow table, items Arrow table, global rates): the two halves of every candidate's
+    features, collected to the driver (candidate users x ~30 columns, candidate items x ~60).
+
+    Same point-in-time rules as :func:`scoring_rows` (users as of D from the U days before D,
+    items at their batch cutoff); only the users that appear in ``candidates`` are kept.
+    """
+    p = cfg.rank.profile_dim
+    it, ufeat, g = _scoring_parts(spark, lake, day, candidates, cfg, cached)
+    users = ufeat.join(candidates.select("user_id").distinct(), "user_id", "left_semi")
+    users = compact(users.select(*user_table_columns(p), *THETA_INPUTS)).toArrow()
+    items = compact(it.select(*item_table_columns(p))).toArrow()
+    log.info("ranker scoring tables %s: %d users, %d items (%.1f MiB)", day, users.num_rows, items.num_rows,
+             (users.nbytes + items.nbytes) / 2**20)
+    return users, items, g
+
+
+def score_candidates(candidates, side: SideArrays, model, beta: dict[str, float], theta_prior: float, g_explicit: float,
+                     batch_rows: int = 8192):
+    """Score D's candidates in ``mapInArrow`` from :class:`SideArrays` broadcast once.
+
+    Only (batch, item_id, user_id, channels) cross into Python and (those + s_<task>, theta, g)
+    come back: each worker gathers the user and item halves of the features by ``searchsorted``
+    (:func:`models.ranker.featurize_pairs`) and runs the model in batches of ``batch_rows``. Pairs
+    whose item has no features are dropped (the inner join of :func:`scoring_rows`); unknown
+    users get the zero row (its left join). Equal to ``integrated_score(score_in_spark(scoring_rows(...)))``.
+    """
+    from dataclasses import asdict
+
+    from pyspark.sql import types as T
+
+    spark = candidates.sparkSession
+    keep = [f for f in candidates.schema.fields]
+    keep_names = [f.name for f in keep]
+    b = np.array([float(beta.get(t, 0.0)) for t in TASKS], np.float64)
+    bc = spark.sparkContext.broadcast({"spec": asdict(model.spec), "blob": model_to_bytes(model), "side": side})
+    schema = T.StructType(keep + [T.StructField(f"s_{t}", T.FloatType()) for t in TASKS]
+                          + [T.StructField("theta", T.FloatType()), T.StructField("g", T.FloatType())])
+    cache: dict[str, Any] = {}
+
+    def fn(batches):
+        if "m" not in cache:
+            import torch
+
+            torch.set_num_threads(1)
+            cache["m"] = model_from_bytes(bc.value["spec"], bc.value["blob"])
+            cache["side"] = bc.value["side"]
+        m, sd = cache["m"], cache["side"]
+        for bt in batches:
+            if bt.num_rows == 0:
+                continue
+            users = bt.column("user_id").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            items = bt.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            i_rows = sd.item_rows(items)
+            found = i_rows >= 0
+            if not found.all():
+                bt, users, i_rows = bt.filter(pa.array(found)), users[found], i_rows[found]
+                if bt.num_rows == 0:
+                    continue
+            u_rows = sd.user_rows(users)
+            cat, dense = featurize_pairs(sd, users, u_rows, i_rows, m.spec, mask_item_id=True)
+            s = predict(m, cat, dense, batch_rows)
+            theta = ((sd.user_extra["u_n_explicit"][u_rows] + theta_prior * g_explicit)
+                     / (sd.user_extra["u_n_imp"][u_rows] + theta_prior)).astype(np.float32)
+            total = np.zeros(len(s), np.float64)
+            for k in range(len(TASKS)):  # the order of integrated_score's sum (same rounding)
+                total = total + b[k] * s[:, k].astype(np.float64)
+            g = (total / theta.astype(np.float64)).astype(np.float32)
+            yield pa.RecordBatch.from_arrays(
+                [bt.column(c) for c in keep_names] + [pa.array(s[:, k], pa.float32()) for k in range(len(TASKS))]
+                + [pa.array(theta, pa.float32()), pa.array(g, pa.float32())],
+                names=keep_names + [f"s_{t}" for t in TASKS] + ["theta", "g"],
+            )
+
+    return candidates.mapInArrow(fn, schema)
 
 
 def parse_bytes(text: str | None, default: int = 1 << 30) -> int:
@@ -362,9 +502,9 @@ def parse_bytes(text: str | None, default: int = 1 << 30) -> int:
 
 
 def training_row_bytes(p: int) -> int:
-    """Bytes of one :func:`compact` training row once collected as Arrow: 64-bit IDs and ``ts``,
-    float32 features, int8 labels, two date columns."""
-    return 8 * 3 + 4 * (len(input_columns(p)) - 3) + len(TASKS) + 8 + 2 * 4
+    """Bytes of one :func:`compact` training row once collected as Arrow: 64-bit IDs, ``ts`` and
+    sample rank, float32 features, int8 labels, two date columns."""
+    return 8 * 3 + 4 * (len(input_columns(p)) - 3) + len(TASKS) + 8 + 8 + 2 * 4
 
 
 def driver_row_cap(spark, row_size: int, share: float = 0.5) -> int:
@@ -409,13 +549,15 @@ def compact(df):
 def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int | None = None, seed: int = 0):
     """:func:`training_rows` collected to pandas, a uniform sample of at most ``max_rows`` rows.
 
-    Bounded on the driver: the sample is drawn on the executors (before the item-side joins)
-    at the rate max_rows / exposures, where exposures come from the Parquet footers, so the full
-    feature frame is never materialised or cached; the cap is also held under half of
-    ``spark.driver.maxResultSize`` (a medium day's 2M rows x 100 doubles exceeded 1 GiB). Features
-    travel as float32. Caches are released on return.
+    Bounded on the driver: the exposures are sampled by hash rank before any feature is joined
+    (:func:`training_rows`) at the rate max_rows / exposures, where exposures come from the
+    Parquet footers, so the full feature frame is never built; the cap is also held under half
+    of ``spark.driver.maxResultSize`` (a medium day's 2M rows x 100 doubles exceeded 1 GiB).
+    Features travel as float32. The rows with the smallest hash ranks are kept, in rank order,
+    so the frame (and its row order) is the same on every run with the same seed. Caches are
+    released on return.
     """
-    import pyarrow as pa
+    import pyarrow.compute as pc
 
     cached: list = []
     try:
@@ -425,13 +567,12 @@ def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int
             cap = min(cap, max_rows)
         frac = 1.0
         if n_est > cap:
-            frac = cap / n_est
-            log.info("ranker training frame %s..%s: sampling %d of ~%d exposures on the executors", start, end, cap, n_est)
+            frac = min(1.0, 1.03 * cap / n_est + 1e-6)  # a little over: the exact cap is cut by rank below
+            log.info("ranker training frame %s..%s: sampling %d of ~%d exposures by hash rank", start, end, cap, n_est)
         df, g = training_rows(spark, lake, start, end, cfg, sample_fraction=frac, seed=seed, cached=cached)
         tab = compact(df).toArrow()
-        if tab.num_rows > cap:  # the Bernoulli sample overshot: trim deterministically
-            keep = np.sort(np.random.default_rng(seed).choice(tab.num_rows, cap, replace=False))
-            tab = tab.take(pa.array(keep))
+        order = pc.sort_indices(tab, sort_keys=[(c, "ascending") for c in ("_r", "user_id", "item_id", "ts")])
+        tab = tab.take(order[: min(cap, tab.num_rows)]).drop_columns(["_r"])
         log.info("ranker training frame %s..%s: %d rows, %.0f MiB on the driver", start, end, tab.num_rows, tab.nbytes / 2**20)
         return tab.to_pandas(), g
     finally:
@@ -524,11 +665,17 @@ def score_rows_local(model, pdf, train_end: dt.date) -> np.ndarray:
     return predict(model, cat, dense)
 
 
-def ranking_auc(spark, lake, day, cfg, max_rows: int = 500_000) -> dict[str, float | None]:
+RANKING_AUC_ROWS = 100_000
+
+
+def ranking_auc(spark, lake, day, cfg, max_rows: int = RANKING_AUC_ROWS) -> dict[str, float | None]:
     """AUC per task of the ranker used on ``day``, on the exposures of ``day`` (interactions dt=D).
 
     The model used on D is trained on days strictly before D (jobs/rank.py), so D's exposures are
-    held out. None per task when the model, the partition, or one of the classes is missing.
+    held out. At most ``max_rows`` exposures, drawn by hash rank before any feature is built
+    (:func:`training_frame`, seed 7): the same rows on every run, and every feature but the item's
+    so-far history (which needs all exposures) is joined to the sample only. None per task when the model, the partition, or
+    one of the classes is missing.
     """
 
     day = parse_date(day)
@@ -547,5 +694,5 @@ def ranking_auc(spark, lake, day, cfg, max_rows: int = 500_000) -> dict[str, flo
 
 __all__ = [
     "training_rows", "scoring_rows", "integrated_score", "integrated_score_np", "theta_expr", "theta_values",
-    "score_in_spark", "auc_per_task", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
+    "score_in_spark", "scoring_tables", "score_candidates", "auc_per_task", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
 ]

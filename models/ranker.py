@@ -183,6 +183,152 @@ def featurize(data: pd.DataFrame | pa.Table | pa.RecordBatch, spec: RankerSpec, 
     return cat, dense
 
 
+USER_CAT_COLS: tuple[str, ...] = ("age_bucket", "gender", "region", "device")
+ITEM_CAT_COLS: tuple[str, ...] = ("category",)
+
+
+def _is_user_col(name: str) -> bool:
+    return name.startswith("u_")
+
+
+def user_dense_columns(spec: RankerSpec) -> list[str]:
+    """The dense columns that depend on the user only (as of the feature day)."""
+    return [c for c in spec.dense_columns if _is_user_col(c)]
+
+
+def item_dense_columns(spec: RankerSpec) -> list[str]:
+    """The dense columns that depend on the item only (content, so-far history, creator, similar items)."""
+    return [c for c in spec.dense_columns if not _is_user_col(c)]
+
+
+def user_table_columns(profile_dim: int) -> list[str]:
+    """Columns of a per-user feature table (:func:`side_arrays`), ``user_id`` first."""
+    spec = RankerSpec(profile_dim=profile_dim)
+    return ["user_id", *USER_CAT_COLS, *user_dense_columns(spec)]
+
+
+def item_table_columns(profile_dim: int) -> list[str]:
+    """Columns of a per-item feature table (:func:`side_arrays`), ``item_id`` first."""
+    spec = RankerSpec(profile_dim=profile_dim)
+    return ["item_id", "creator_id", *ITEM_CAT_COLS, *item_dense_columns(spec)]
+
+
+@dataclass
+class SideArrays:
+    """Per-user and per-item halves of the model input, sorted by ID, for pair lookups.
+
+    Why: a (user, item) pair's features are a user part and an item part (plus two cross
+    features), so scoring a day's candidates needs users x features and items x features, not
+    pairs x ~100 columns built by joins. Row ``len(user_ids)`` of the user arrays is the
+    "unknown user" row (all zeros: what a left join with nulls gives :func:`featurize`).
+    """
+
+    user_ids: np.ndarray  # int64, sorted
+    user_cat: np.ndarray  # [n_users + 1, 1 + len(USER_CAT_COLS)] int64: hashed user ID, small cats
+    user_dense: np.ndarray  # [n_users + 1, len(user_dense_columns)] float32
+    item_ids: np.ndarray  # int64, sorted
+    item_cat: np.ndarray  # [n_items, 3] int64: hashed item ID, hashed creator ID, category
+    item_dense: np.ndarray  # [n_items, len(item_dense_columns)] float32
+    user_extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. theta inputs, by user row
+    item_extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def user_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each user ID (the unknown-user row when absent)."""
+        pos = np.searchsorted(self.user_ids, ids)
+        pos = np.minimum(pos, max(len(self.user_ids) - 1, 0))
+        hit = (self.user_ids[pos] == ids) if len(self.user_ids) else np.zeros(len(ids), bool)
+        return np.where(hit, pos, len(self.user_ids))
+
+    def item_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each item ID, -1 when absent (such pairs are dropped, like the inner join they replace)."""
+        pos = np.searchsorted(self.item_ids, ids)
+        pos = np.minimum(pos, max(len(self.item_ids) - 1, 0))
+        hit = (self.item_ids[pos] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
+        return np.where(hit, pos, -1)
+
+
+def _sorted_unique(data, key: str) -> tuple[np.ndarray, np.ndarray]:
+    ids = _col(data, key, np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if len(ids) > 1 and (np.diff(ids) == 0).any():
+        raise ValueError(f"ranker side table: duplicate {key} values (e.g. {ids[1:][np.diff(ids) == 0][:5].tolist()})")
+    return ids, order
+
+
+def side_arrays(users, items, spec: RankerSpec, user_extra: tuple[str, ...] = (), item_extra: tuple[str, ...] = ()
+                ) -> SideArrays:
+    """Per-user / per-item feature tables (Arrow or pandas, :func:`user_table_columns` /
+    :func:`item_table_columns`) -> :class:`SideArrays`, with the same null/NaN rules as :func:`featurize`."""
+    u_ids, u_ord = _sorted_unique(users, "user_id")
+    i_ids, i_ord = _sorted_unique(items, "item_id")
+    nu, ni = len(u_ids), len(i_ids)
+    ucat = np.zeros((nu + 1, 1 + len(USER_CAT_COLS)), np.int64)
+    ucat[:nu, 0] = hash_bucket(u_ids, spec.id_buckets, 17)
+    for k, c in enumerate(USER_CAT_COLS):
+        j = SMALL_CAT_COLS.index(c)
+        v = (_col(users, c, np.int64)[u_ord] % (spec.cat_buckets - 1)) + 1 + j * spec.cat_buckets
+        ucat[:nu, 1 + k] = v
+        ucat[nu, 1 + k] = 1 + j * spec.cat_buckets  # a null category reads as 0 in featurize
+    ucols = user_dense_columns(spec)
+    udense = np.zeros((nu + 1, len(ucols)), np.float32)
+    _dense_block(users, ucols, nu, out=udense[:nu])
+    udense[:nu] = udense[:nu][u_ord] if nu else udense[:nu]
+    icat = np.zeros((ni, 3), np.int64)
+    icat[:, 0] = hash_bucket(i_ids, spec.id_buckets, 17 + ITEM_ID_POS)
+    icat[:, 1] = hash_bucket(_col(items, "creator_id", np.int64)[i_ord], spec.id_buckets, 17 + ID_COLS.index("creator_id"))
+    j = SMALL_CAT_COLS.index("category")
+    icat[:, 2] = (_col(items, "category", np.int64)[i_ord] % (spec.cat_buckets - 1)) + 1 + j * spec.cat_buckets
+    icols = item_dense_columns(spec)
+    idense = _dense_block(items, icols, ni)[i_ord] if ni else np.zeros((0, len(icols)), np.float32)
+    for a in (udense, idense):
+        if not np.isfinite(a).all():
+            np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    uex = {c: np.append(_col(users, c, np.float64)[u_ord], 0.0) for c in user_extra}
+    iex = {c: _col(items, c, np.float64)[i_ord] for c in item_extra}
+    return SideArrays(u_ids, ucat, udense, i_ids, icat, idense, uex, iex)
+
+
+def featurize_pairs(side: SideArrays, user_ids: np.ndarray, u_rows: np.ndarray, i_rows: np.ndarray, spec: RankerSpec,
+                    mask_item_id: bool | np.ndarray = False) -> tuple[np.ndarray, np.ndarray]:
+    """(cat, dense) of (user row, item row) pairs: the same arrays :func:`featurize` gives for the
+    joined feature rows, gathered from the two side tables (no per-pair columns exist anywhere).
+
+    ``user_ids`` are the pairs' user IDs: an unknown user still has its own hashed ID."""
+    n = len(u_rows)
+    cat = np.empty((n, len(ID_COLS) + len(SMALL_CAT_COLS)), np.int64)
+    uc, ic = side.user_cat[u_rows], side.item_cat[i_rows]
+    cat[:, 0] = uc[:, 0]
+    unknown = u_rows == len(side.user_ids)
+    if unknown.any():
+        cat[unknown, 0] = hash_bucket(np.asarray(user_ids, np.int64)[unknown], spec.id_buckets, 17)
+    cat[:, ITEM_ID_POS] = ic[:, 0]
+    cat[:, ID_COLS.index("creator_id")] = ic[:, 1]
+    for k, c in enumerate(SMALL_CAT_COLS):
+        cat[:, len(ID_COLS) + k] = ic[:, 2] if c == "category" else uc[:, 1 + USER_CAT_COLS.index(c)]
+    mask = np.broadcast_to(np.asarray(mask_item_id, bool), (n,))
+    cat[mask, ITEM_ID_POS] = 0
+    cols = spec.dense_columns
+    dense = np.empty((n, spec.n_dense), np.float32)
+    upos = [k for k, c in enumerate(cols) if _is_user_col(c)]
+    ipos = [k for k, c in enumerate(cols) if not _is_user_col(c)]
+    ud, idn = side.user_dense[u_rows], side.item_dense[i_rows]
+    if upos == list(range(len(upos))) and ipos == list(range(len(upos), len(cols))):
+        dense[:, : len(upos)] = ud
+        dense[:, len(upos) : len(cols)] = idn
+    else:
+        dense[:, upos] = ud
+        dense[:, ipos] = idn
+    p = spec.profile_dim
+    u0, i0 = cols.index("u_prof_0"), cols.index("i_proj_0")
+    u_prof = dense[:, u0 : u0 + p]
+    dense[:, len(cols)] = np.einsum("ij,ij->i", u_prof, dense[:, i0 : i0 + p])
+    if spec.extra_features:
+        e0 = cols.index("e_pos_prof_0")
+        dense[:, len(cols) + 1] = np.einsum("ij,ij->i", u_prof, dense[:, e0 : e0 + p])
+    return cat, dense
+
+
 def labels_of(data: pd.DataFrame | pa.Table | pa.RecordBatch, tasks: list[str] | tuple[str, ...] = TASKS) -> np.ndarray:
     n = data.num_rows if isinstance(data, (pa.Table, pa.RecordBatch)) else len(data)
     return _dense_block(data, [f"y_{t}" for t in tasks], n).clip(0, 1)
@@ -421,4 +567,5 @@ def load_ranker(lake, day) -> MultiTaskRanker:
 __all__ = [
     "TASKS", "RankerSpec", "MultiTaskRanker", "featurize", "labels_of", "augment", "fresh_item_values", "new_model", "train_ranker",
     "predict", "save_ranker", "load_ranker", "model_to_bytes", "model_from_bytes", "input_columns", "hash_bucket",
+    "SideArrays", "side_arrays", "featurize_pairs", "user_table_columns", "item_table_columns",
 ]

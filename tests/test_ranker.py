@@ -290,3 +290,90 @@ def test_driver_row_cap_follows_max_result_size(spark):
     assert 300 < rb < 600  # ~100 float32 features per row
     limit = parse_bytes(spark.conf.get("spark.driver.maxResultSize", "1g")) or parse_bytes(spark.conf.get("spark.driver.memory", "1g"))
     assert driver_row_cap(spark, rb) == int(0.5 * limit / rb)
+
+
+def _sides(n_users: int, n_items: int, seed: int):
+    """Per-user and per-item feature tables with the columns of user/item_table_columns."""
+    from models.ranker import item_table_columns, user_table_columns
+
+    rng = np.random.default_rng(seed)
+    u = pd.DataFrame({c: rng.normal(size=n_users).astype(np.float32) for c in user_table_columns(SPEC.profile_dim)})
+    u["user_id"] = rng.permutation(np.arange(1000, 1000 + n_users))
+    for c in ("age_bucket", "gender", "region", "device"):
+        u[c] = rng.integers(0, 50, n_users)
+    u["u_n_explicit"], u["u_n_imp"] = rng.integers(0, 5, n_users), rng.integers(5, 50, n_users)
+    it = pd.DataFrame({c: rng.normal(size=n_items).astype(np.float32) for c in item_table_columns(SPEC.profile_dim)})
+    it["item_id"] = rng.permutation(np.arange(7, 7 + n_items) * 13)
+    it["creator_id"], it["category"] = rng.integers(0, 30, n_items), rng.integers(0, 20, n_items)
+    return u, it
+
+
+def test_featurize_pairs_equals_featurize_of_joined_rows():
+    """Gathering user and item halves by ID gives exactly featurize() of the joined rows; an unknown
+    user is the left join's null row (its own hashed ID, zeros elsewhere), nulls and NaN become 0."""
+    from models.ranker import featurize_pairs, side_arrays
+
+    u, it = _sides(30, 12, 8)
+    u.loc[3, "u_rate_like"] = np.nan
+    u.loc[4, "age_bucket"] = None
+    it.loc[2, "e_log_imp"] = np.inf
+    rng = np.random.default_rng(9)
+    pairs = pd.DataFrame({"user_id": np.append(rng.choice(u.user_id, 200), [5, 6]),  # 5, 6: unknown users
+                          "item_id": rng.choice(it.item_id, 202)})
+    joined = pairs.merge(it, on="item_id", how="inner").merge(u, on="user_id", how="left")
+    cat_ref, dense_ref = featurize(joined, SPEC, mask_item_id=True)
+    side = side_arrays(pa.Table.from_pandas(u), pa.Table.from_pandas(it), SPEC, user_extra=("u_n_imp",))
+    ur, ir = side.user_rows(joined.user_id.to_numpy()), side.item_rows(joined.item_id.to_numpy())
+    assert (ir >= 0).all() and (ur == len(side.user_ids)).sum() == 2
+    cat, dense = featurize_pairs(side, joined.user_id.to_numpy(), ur, ir, SPEC, mask_item_id=True)
+    np.testing.assert_array_equal(cat, cat_ref)
+    np.testing.assert_array_equal(dense, dense_ref)
+    assert side.item_rows(np.array([1]))[0] == -1  # an item without features: its pairs are dropped
+    np.testing.assert_array_equal(side.user_extra["u_n_imp"][ur], joined.u_n_imp.fillna(0).to_numpy())
+    with pytest.raises(ValueError, match="duplicate user_id"):
+        side_arrays(pa.Table.from_pandas(pd.concat([u, u.iloc[:1]])), pa.Table.from_pandas(it), SPEC)
+
+
+def test_fast_scoring_equals_joined_rows_path(ranked_world, spark):
+    """The rank stage's per-user/per-item path (score_candidates) gives the same ranked rows as
+    the joined feature rows scored by score_in_spark + integrated_score (the previous path)."""
+    from dualrec.ranking import integrated_score, release, score_in_spark, scoring_rows
+
+    lake, day, cfg, _, n = ranked_world
+    model = load_ranker(lake, day)
+    cand = lake.read_df(spark, "candidates", [day], with_dt=False).select("batch", "item_id", "user_id", "channels")
+    cached: list = []
+    try:
+        rows, _ = scoring_rows(spark, lake, day, cand, cfg, cached)
+        ref = integrated_score(score_in_spark(rows, model, 512), cfg.rank.beta).select(
+            "batch", "item_id", "user_id", *[f"s_{t}" for t in TASKS], "theta", "g").toPandas()
+    finally:
+        release(cached)
+    got = lake.read_table("ranked", day).to_pandas()
+    keys = ["item_id", "user_id"]
+    ref, got = ref.sort_values(keys).reset_index(drop=True), got.sort_values(keys).reset_index(drop=True)
+    assert len(got) == len(ref) == n
+    np.testing.assert_array_equal(got[keys + ["batch"]].to_numpy(), ref[keys + ["batch"]].to_numpy())
+    for c in [f"s_{t}" for t in TASKS] + ["theta", "g"]:
+        np.testing.assert_allclose(got[c].to_numpy(), ref[c].to_numpy(), rtol=1e-5, atol=1e-7, err_msg=c)
+
+
+def test_window_sums_cover_the_days_before_feat_day(spark):
+    """window_sums(feat_day) = sum of the daily rows in [feat_day - U, feat_day - 1]; no row where that
+    window is empty (a left join then reads it as "no history")."""
+    from dualrec.ranking import window_sums
+
+    d0 = dt.date(2026, 1, 1)
+    rows = [(1, d0, 2, 0.5), (1, d0 + dt.timedelta(days=2), 3, 1.0), (2, d0 + dt.timedelta(days=4), 7, 2.0),
+            (1, d0 + dt.timedelta(days=5), 1, 4.0)]
+    daily = spark.createDataFrame(rows, "user_id long, dt date, n_imp long, prof double")
+    targets = [d0 + dt.timedelta(days=k) for k in range(7)]
+    got = {(r["user_id"], r["feat_day"]): (r["n_imp"], r["prof"])
+           for r in window_sums(spark, daily, ["user_id"], targets, 3).collect()}
+    want = {}
+    for t in targets:
+        for u in (1, 2):
+            inside = [(n, p) for (uu, d, n, p) in rows if uu == u and t - dt.timedelta(days=3) <= d <= t - dt.timedelta(days=1)]
+            if inside:
+                want[(u, t)] = (sum(n for n, _ in inside), sum(p for _, p in inside))
+    assert got == want and (1, d0) not in got and (1, d0 + dt.timedelta(days=1)) in got

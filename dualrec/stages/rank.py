@@ -7,25 +7,27 @@ the model never learns from feedback that arrived after a batch's cutoff. Warm s
 not seen yet (incremental); otherwise a cold start over the whole window. With
 ``rank.cadence_days`` > 1 a recent enough model is reused and nothing is trained.
 
-Scoring. Every candidate of ``candidates`` dt=D gets point-in-time features at its batch cutoff,
-is scored in ``mapInArrow`` (model broadcast once, item ID masked: new items), then
-theta_u and g_ui = sum_m beta_m s^m / theta_u (paper Eq. 10).
+Scoring. Every candidate of ``candidates`` dt=D gets point-in-time features at its batch cutoff:
+the user half (as of D) and the item half (at the batch cutoff) are built once per user and per
+item in Spark, broadcast, and gathered per pair inside ``mapInArrow`` (model broadcast once, item
+ID masked: new items), which also computes theta_u and g_ui = sum_m beta_m s^m / theta_u (Eq. 10).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import asdict
 
 from dualrec.artifacts import keep_previous
 from dualrec.lake import Lake, LakeError
 from dualrec.ranking import (
-    integrated_score,
+    THETA_INPUTS,
     model_for_day,
     release,
-    score_in_spark,
-    scoring_rows,
+    score_candidates,
+    scoring_tables,
     training_frame,
 )
 from dualrec.stages.base import StageContext
@@ -37,6 +39,7 @@ from models.ranker import (
     load_ranker,
     new_model,
     save_ranker,
+    side_arrays,
     train_ranker,
 )
 
@@ -93,6 +96,7 @@ def train(ctx: StageContext) -> dict:
     start, end, warm = train_window(lake, day, cfg, prev_day if prev is not None else None, prev_end)
     have = [d for d in lake.partitions("interactions") if start <= d <= end]
     pdf = None
+    t0 = time.time()
     if have:
         pdf, g = training_frame(ctx.spark, lake, start, end, cfg, max_rows=cfg.rank.max_train_rows,
                                 seed=ctx.seed("rank_sample"))
@@ -105,11 +109,14 @@ def train(ctx: StageContext) -> dict:
         log.warning("ranker %s: %s; keeping the model of %s", day, reason, prev_day)
         keep_previous(lake, "ranker", day, prev_day, reason)
         return {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
+    frame_seconds = round(time.time() - t0, 3)
+    t0 = time.time()
     cat, dense = featurize(pdf, spec)
     y = labels_of(pdf)
     model = prev if warm else new_model(spec, ctx.seed("rank_init"))
     report = train_ranker(model, cat, dense, y, cfg.rank.epochs, cfg.rank.batch_size, cfg.rank.lr,
                           ctx.seed("rank_train"), cold_start=not warm, threads=cfg.rank.torch_threads)
+    torch_seconds = round(time.time() - t0, 3)
     manifest = {
         "train_start": str(start), "train_end": str(end), "warm_start_from": str(prev_day) if warm else None,
         "global_rates": g, "report": report,
@@ -118,37 +125,44 @@ def train(ctx: StageContext) -> dict:
     with lake.publish_dir(Lake.model_rel("ranker", day)) as rel:
         save_ranker(model, lake, rel, manifest)
     return {"trained": True, "model_day": str(day), "rows": report["rows"], "skipped_tasks": report["skipped_tasks"],
-            "epoch_loss": report["epoch_loss"], "warm": warm, "window": [str(start), str(end)]}
+            "epoch_loss": report["epoch_loss"], "warm": warm, "window": [str(start), str(end)],
+            "frame_seconds": frame_seconds, "torch_seconds": torch_seconds}
 
 
 def score(ctx: StageContext, model) -> dict:
-    """Score D's candidates and write ``ranked``."""
+    """Score D's candidates and write ``ranked``.
+
+    The per-user and per-item feature tables are built once in Spark and broadcast; the workers
+    gather each pair's features from them (``score_candidates``), so no ~100-column pair rows are
+    ever joined or shipped."""
     from pyspark.sql import functions as F
 
-
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
-    cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False)
+    cand = lake.read_df(ctx.spark, "candidates", [day], with_dt=False).select("batch", "item_id", "user_id", "channels")
     cached: list = []
+    t0 = time.time()
     try:
-        rows, _ = scoring_rows(ctx.spark, lake, day, cand.select("batch", "item_id", "user_id", "channels"), cfg, cached)
-        scored = integrated_score(score_in_spark(rows, model, cfg.rank.score_batch_rows), cfg.rank.beta)
-        out = scored.select("batch", "item_id", "user_id", "channels", *[f"s_{t}" for t in TASKS], "theta", "g")
-        lake.write_df(out, "ranked", day, coalesce=4)
+        users, items, g = scoring_tables(ctx.spark, lake, day, cand, cfg, cached)
     finally:
         release(cached)
+    tables_seconds = round(time.time() - t0, 3)
+    side = side_arrays(users, items, model.spec, user_extra=THETA_INPUTS)
+    scored = score_candidates(cand, side, model, cfg.rank.beta, cfg.rank.theta_prior_strength, g["explicit"],
+                              cfg.rank.score_batch_rows)
+    out = scored.select("batch", "item_id", "user_id", "channels", *[f"s_{t}" for t in TASKS], "theta", "g")
+    lake.write_df(out, "ranked", day, coalesce=4)
     r = lake.read_df(ctx.spark, "ranked", [day], with_dt=False).agg(
         F.count("*").alias("n"), F.avg("g").alias("g"), F.avg("theta").alias("theta")
     ).first()
     n_cand = cand.count()
     if int(r["n"]) != n_cand:
         log.warning("rank: %d candidates but %d ranked rows (items missing from the items table?)", n_cand, r["n"])
-    return {"candidates": n_cand, "ranked": int(r["n"]), "mean_g": r["g"], "mean_theta": r["theta"]}
+    return {"candidates": n_cand, "ranked": int(r["n"]), "mean_g": r["g"], "mean_theta": r["theta"],
+            "users_table": users.num_rows, "items_table": items.num_rows, "tables_seconds": tables_seconds}
 
 
 def run(ctx: StageContext) -> dict:
     """Train the ranker on its cadence and score D's candidates."""
-    import time
-
 
     t0 = time.time()
     stats = {"train": train(ctx)}
