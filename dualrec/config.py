@@ -180,7 +180,14 @@ class TwoTowerConfig(_Section):
     item_id_dropout: float = Field(0.5, ge=0, le=1)
     id_buckets: int = Field(1 << 18, ge=2, description="hash buckets; bucket 0 is reserved for masked IDs")
     warm_start: bool = True
-    max_train_pairs: int = Field(2_000_000, ge=1)
+    max_train_pairs: int = Field(
+        2_000_000, ge=1, description="positive pairs trained on, a hash-ranked sample drawn on the executors (bounds the driver)"
+    )
+    negative_pool_max_users: int = Field(
+        200_000, ge=1,
+        description="negatives are drawn from a hashed subset of at most this many of the window's pool users (bounds the "
+        "user features collected to the driver: sampled pairs' users + this)",
+    )
     exact_max: int = Field(100_000, ge=0, description="index: exact below this many vectors, IVF above")
     ivf_nlist: int = Field(0, ge=0, description="0 = 4*sqrt(n)")
     ivf_nprobe: int = Field(32, ge=1)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dualrec.config import EXPLICIT_FEEDBACKS
 from models.two_tower import (
@@ -88,15 +89,18 @@ def activity_stats(visits, interactions, pairs):
     return v.join(i, "user_id", "full").join(p, "user_id", "full")
 
 
-def user_features(users, visits, interactions, items, day: dt.date, content_dim: int, exclude_items=None):
+def user_features(users, visits, interactions, items, day: dt.date, content_dim: int, exclude_items=None, pairs=None):
     """One row per user of the ``users`` snapshot with :data:`USER_FEATURE_COLUMNS`.
 
     ``visits`` / ``interactions`` are the training window (with ``dt``), ``items`` cover every
-    item liked in it. Users without history get zeros and a null liked summary.
+    item liked in it. Users without history get zeros and a null liked summary. ``pairs``: the
+    :func:`positive_pairs` of the window when the caller already has them (cached), else
+    computed here.
     """
     from pyspark.sql import functions as F
 
-    pairs = positive_pairs(interactions, exclude_items)
+    if pairs is None:
+        pairs = positive_pairs(interactions, exclude_items)
     stats = activity_stats(visits, interactions, pairs)
     liked = liked_summary(pairs, items, content_dim)
     base = users.select(
@@ -118,12 +122,18 @@ def user_features(users, visits, interactions, items, day: dt.date, content_dim:
     )
 
 
-def negative_pool(activity, visits, days: list[dt.date]):
+def negative_pool(activity, visits, days: list[dt.date], activity_days: list[dt.date] | None = None):
     """(day, user_id) pools for negative sampling: available users of a day when the day has
-    ``activity_scores``, else that day's active users (visits). Both inputs carry ``dt``."""
+    ``activity_scores``, else that day's active users (visits). Both inputs carry ``dt``.
+    ``activity_days``: the days ``activity`` holds, when the caller knows them (saves a Spark job)."""
     from pyspark.sql import functions as F
 
-    have = {r["dt"] for r in activity.select("dt").distinct().collect()} if activity is not None else set()
+    if activity is None:
+        have: set = set()
+    elif activity_days is not None:
+        have = set(activity_days)
+    else:
+        have = {r["dt"] for r in activity.select("dt").distinct().collect()}
     parts = []
     if have:
         parts.append(activity.where(F.col("available")).select(F.col("dt").alias("day"), "user_id"))
@@ -140,6 +150,67 @@ def negative_pool(activity, visits, days: list[dt.date]):
 
 def item_features(items):
     return items.select(*ITEM_FEATURE_COLUMNS)
+
+
+# ---------------------------------------------------------------------- bounded samples
+RANK_SPACE = 2**31
+
+
+def hash_rank(*cols, seed: int):
+    """A deterministic pseudo-random rank in [0, 2^31) of a row's key: the same rows are sampled
+    whatever the partitioning, row order or engine (as ``activity.training_frame`` does)."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64(*cols, F.lit(int(seed))), F.lit(RANK_SPACE))
+
+
+def rank_threshold(total: int, keep: int, slack: float = 1.1) -> int | None:
+    """Rank bound so that about ``slack * keep`` of ``total`` rows pass (None: keep everything).
+
+    The filter runs on the executors before a collect; :func:`smallest_rank` then trims the
+    collected superset to exactly ``keep`` rows on the driver."""
+    if total <= keep:
+        return None
+    return int(min(1.0, slack * keep / total + 1e-4) * RANK_SPACE)
+
+
+def smallest_rank(t: pa.Table, keep: int, keys: list[str], rank: str = "_r") -> pa.Table:
+    """The ``keep`` rows of ``t`` with the smallest (rank, *keys): independent of row order."""
+    if t.num_rows <= keep:
+        return t
+    cols = [t.column(c).to_numpy() for c in (rank, *keys)]
+    order = np.lexsort(cols[::-1])[:keep]
+    return t.take(np.sort(order))
+
+
+def sample_pairs(pairs, total: int, max_pairs: int, seed: int):
+    """``pairs`` (user_id, item_id, ...) with its hash rank ``_r``, filtered on the executors to a
+    little more than ``max_pairs`` of its ``total`` rows."""
+    from pyspark.sql import functions as F
+
+    out = pairs.withColumn("_r", hash_rank("user_id", "item_id", seed=seed))
+    thr = rank_threshold(total, max_pairs)
+    return out if thr is None else out.where(F.col("_r") < F.lit(thr))
+
+
+def sample_pool(pool, total_users: int, max_users: int, seed: int):
+    """(day, user_id) pool rows of a hashed subset of a little more than ``max_users`` of its
+    ``total_users`` distinct users (a user is in or out for every day: uniform negatives stay
+    uniform, and the features to collect are bounded by ``max_users``)."""
+    from pyspark.sql import functions as F
+
+    out = pool.withColumn("_r", hash_rank("user_id", seed=seed))
+    thr = rank_threshold(total_users, max_users)
+    return out if thr is None else out.where(F.col("_r") < F.lit(thr))
+
+
+def trim_pool(t: pa.Table, max_users: int) -> pa.Table:
+    """Keep the pool rows of the ``max_users`` users with the smallest (rank, user_id)."""
+    users = pa.table({"_r": t.column("_r"), "user_id": t.column("user_id")}).group_by(["_r", "user_id"]).aggregate([])
+    if users.num_rows <= max_users:
+        return t
+    kept = smallest_rank(users, max_users, ["user_id"]).column("user_id")
+    return t.filter(pc.is_in(t.column("user_id"), value_set=kept))
 
 
 # ---------------------------------------------------------------------- inference in Spark

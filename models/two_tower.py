@@ -328,12 +328,11 @@ def build_train_data(
     pu = u_index.get_indexer(pairs["user_id"].to_numpy())
     pi = i_index.get_indexer(pairs["item_id"].to_numpy())
     days = sorted(pools)
-    day_idx = {d: k for k, d in enumerate(days)}
     pool_list = [u_index.get_indexer(np.asarray(pools[d], np.int64)) for d in days]
     pool_list = [p[p >= 0] for p in pool_list]
     sizes = np.array([len(p) for p in pool_list], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    pdays = np.array([day_idx.get(d, -1) for d in pairs["day"].tolist()], np.int64)
+    pdays = pd.Index(days).get_indexer(pairs["day"]).astype(np.int64) if days else np.full(len(pairs), -1, np.int64)
     ok = (pu >= 0) & (pi >= 0) & (pdays >= 0)
     ok[ok] &= sizes[pdays[ok]] > 0
     if (~ok).any():

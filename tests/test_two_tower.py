@@ -398,3 +398,76 @@ def test_stage_on_tiny_world(spark, request, tmp_path):
     assert lake.validate_dir("user_embeddings", day).ok
     idx = load_index(lake, "user_index", day)
     assert set(idx.ids.tolist()) == top and idx.meta["recall_at_k"] >= 0.95
+
+
+# ---------------------------------------------------------------------- bounded driver collects, reproducible bits
+def test_pair_sample_is_exact_bounded_and_independent_of_partitioning(spark):
+    from dualrec import two_tower as T
+
+    rng = np.random.default_rng(3)
+    pdf = pd.DataFrame({"user_id": rng.integers(0, 500, 3000), "item_id": rng.integers(0, 900, 3000)}).drop_duplicates()
+    pdf["day"] = START
+    df = spark.createDataFrame(pdf)
+    keep = 400
+    got = []
+    for parts in (1, 7):
+        s = T.sample_pairs(df.repartition(parts), len(pdf), keep, seed=11)
+        tab = s.toArrow()
+        assert keep <= tab.num_rows < 1.3 * keep  # the executors send a bounded superset
+        t = T.smallest_rank(tab, keep, ["user_id", "item_id"])
+        got.append(sorted(zip(t.column("user_id").to_pylist(), t.column("item_id").to_pylist())))
+    assert len(got[0]) == keep and got[0] == got[1]
+    assert set(got[0]) <= set(zip(pdf["user_id"], pdf["item_id"]))
+    # another seed gives another sample; below the cap nothing is filtered
+    other = T.smallest_rank(T.sample_pairs(df, len(pdf), keep, seed=12).toArrow(), keep, ["user_id", "item_id"])
+    assert sorted(zip(other.column("user_id").to_pylist(), other.column("item_id").to_pylist())) != got[0]
+    assert T.sample_pairs(df, len(pdf), len(pdf), seed=11).count() == len(pdf)
+
+
+def test_pool_sample_keeps_whole_users_and_at_most_the_cap(spark):
+    from dualrec import two_tower as T
+
+    rows = [(START + dt.timedelta(days=d), u) for d in range(3) for u in range(200) if (u + d) % 4]
+    pool = spark.createDataFrame(pd.DataFrame(rows, columns=["day", "user_id"]))
+    n_users = len({u for _, u in rows})
+    t = T.trim_pool(T.sample_pool(pool, n_users, 50, seed=5).toArrow(), 50)
+    users = set(t.column("user_id").to_pylist())
+    assert len(users) == 50
+    # a sampled user keeps every day it was in the pool (uniform negatives per day stay uniform)
+    kept = {(d, u) for d, u in zip(t.column("day").to_pylist(), t.column("user_id").to_pylist())}
+    assert kept == {(d, u) for d, u in rows if u in users}
+    assert T.rank_threshold(10, 20) is None and T.rank_threshold(1000, 10) < T.RANK_SPACE
+
+
+def test_stage_collects_only_sampled_pairs_and_touched_users(spark, tmp_path):
+    from dualrec.stages import two_tower as job
+
+    lake, _ = make_world(tmp_path / "w", days=3, n_users=60, items_per_day=12)
+    d1 = START + dt.timedelta(days=1)
+    full = job.run(_ctx(lake, d1, spark))
+    out = job.run(_ctx(lake, d1, spark, max_train_pairs=20, negative_pool_max_users=12))
+    m = load_two_tower(lake, d1).manifest["metrics"]
+    # 20 sampled; build_train_data drops the few whose day has no sampled pool user left
+    assert 15 <= out["pairs"] == m["pairs"] <= 20 < full["pairs"] <= m["positive_pairs"]
+    assert m["negative_pool_users"] == 12
+    assert m["feature_users"] <= 20 + 12 * 2  # pair users + a bounded superset of the sampled pool users
+    assert out["users_embedded"] == 60  # every user is still embedded (on the executors)
+
+
+def test_user_tower_rows_do_not_depend_on_the_batch_they_are_computed_in():
+    """MKL strict CNR mode (models/__init__): embeddings in Spark's Arrow batches are the same bits
+    whatever the batch boundaries (they were not for batches of 1, 3, 17 rows)."""
+    spec = model_spec(TwoTowerConfig(**SMALL), DIM)
+    torch.manual_seed(0)
+    model = TwoTowerModel(spec).eval()
+    rng = np.random.default_rng(0)
+    n = 300
+    users = pa.table({
+        "user_id": pa.array(np.arange(n), pa.int64()),
+        **{c: pa.array(rng.integers(0, 5, n), pa.int32()) for c in ("age_bucket", "gender", "region", "device")},
+        **{c: pa.array(rng.random(n) * 10) for c in spec.user_num},
+        "liked_emb": pa.array(list(rng.normal(size=(n, DIM)).astype(np.float32)), pa.list_(pa.float32())),
+    })
+    full = user_embeddings(model, users, batch_rows=n)
+    for b in (1, 3, 17, 128):
+        assert np.array_equal(user_embeddings(model, users, batch_rows=b), full), f"batch of {b} rows"

@@ -18,6 +18,9 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dualrec import two_tower as T
 from dualrec.artifacts import read_manifest  # noqa: E402
@@ -65,8 +68,9 @@ def _content_dim(ctx: StageContext, items) -> int:
     return int(row[0]["d"])
 
 
-def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
-    """Train (or warm-start and fine-tune) the model on the window; returns (model, user_feats_df, manifest)."""
+def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, float]]:
+    """Train (or warm-start and fine-tune) the model on the window; returns (model, user_feats_df, manifest,
+    timings of the collects and the fit)."""
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     spark = ctx.spark
@@ -79,28 +83,49 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
     items = lake.read_df(spark, "items", item_days)
     exclude = lake.read_df(spark, "items", [day]).select("item_id") if cfg.exclude_day_uploads else None
     content_dim = _content_dim(ctx, items)
+    t0 = time.perf_counter()
 
-    feats = T.user_features(users, visits, inter, items, day, content_dim, exclude).cache()
-    pairs = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi")
-    # every collected frame is put in a fixed order: Spark's row order varies run to run, and the
-    # subsample, the normalisers (float means) and the data order of training depend on it
-    pair_pd = pairs.select("user_id", "item_id", "day").toPandas()
-    pair_pd = pair_pd.sort_values(["day", "user_id", "item_id"], kind="stable").reset_index(drop=True)
-    if len(pair_pd) > cfg.max_train_pairs:
-        pair_pd = pair_pd.sample(n=cfg.max_train_pairs, random_state=ctx.seed("two_tower.subsample")).sort_index()
-    pair_pd = pair_pd.sort_values(["day", "user_id", "item_id"], kind="stable").reset_index(drop=True)
-    pos_items = T.item_features(items.join(pairs.select("item_id").distinct(), "item_id", "left_semi")).toArrow()
+    # explicit positives of the window, cached: they feed the features, the sample and the item set
+    pos = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi").cache()
+    feats = T.user_features(users, visits, inter, items, day, content_dim, exclude, pairs=pos).cache()
+    n_pairs = pos.count()
+    # every driver collect below is bounded by config, not by the lake: pairs and pool users are
+    # sampled on the executors by a hash rank, trimmed exactly on the driver, and only the users
+    # and items they touch come back. Each collected frame is put in a fixed order (Spark's row
+    # order varies run to run; the normalisers, the data order and the sampling depend on it).
+    sampled = T.sample_pairs(pos.select("user_id", "item_id", "day"), n_pairs, cfg.max_train_pairs,
+                             ctx.seed("two_tower.subsample"))
+    pair_tab = T.smallest_rank(sampled.toArrow(), cfg.max_train_pairs, ["user_id", "item_id"])
+    pair_tab = pair_tab.sort_by([("day", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")])
+    pair_pd = pd.DataFrame({
+        "user_id": pair_tab.column("user_id").to_numpy(),
+        "item_id": pair_tab.column("item_id").to_numpy(),
+        "day": pair_tab.column("day").cast(pa.int32()).to_numpy(),  # days since the epoch, as the pool keys
+    })
+    pos_items = T.item_features(items.join(sampled.select("item_id").distinct(), "item_id", "left_semi")).toArrow()
     pos_items = pos_items.sort_by("item_id")
 
     act_days = [d for d in window if lake.has_partition("activity_scores", d)]
     activity = lake.read_df(spark, "activity_scores", act_days) if act_days else None
-    pool_df = T.negative_pool(activity, visits, window)
-    pools: dict[dt.date, np.ndarray] = {}
+    pool_df = T.negative_pool(activity, visits, window, act_days)
+    pools: dict[int, np.ndarray] = {}
+    touched = sampled.select("user_id")
+    pool_users = 0
     if pool_df is not None:
-        pool_pd = pool_df.toPandas()
-        for d, g in pool_pd.groupby("day"):
-            pools[d] = np.sort(g["user_id"].to_numpy(np.int64))
-    feat_arrow = feats.toArrow().sort_by("user_id")
+        pool_users = pool_df.select("user_id").distinct().count()
+        pool_s = T.sample_pool(pool_df, pool_users, cfg.negative_pool_max_users, ctx.seed("two_tower.pool"))
+        pool_tab = T.trim_pool(pool_s.toArrow(), cfg.negative_pool_max_users)
+        p_day = pool_tab.column("day").cast(pa.int32()).to_numpy()
+        p_user = pool_tab.column("user_id").to_numpy().astype(np.int64)
+        order = np.lexsort((p_user, p_day))
+        p_day, p_user = p_day[order], p_user[order]
+        cuts = np.flatnonzero(np.diff(p_day)) + 1
+        for d_users, d in zip(np.split(p_user, cuts), p_day[np.r_[0, cuts]] if len(p_day) else []):
+            pools[int(d)] = d_users
+        touched = touched.unionByName(pool_s.select("user_id"))
+    feat_arrow = feats.join(touched.distinct(), "user_id", "left_semi").toArrow().sort_by("user_id")
+    pos.unpersist()
+    t_collect = time.perf_counter() - t0
 
     spec = model_spec(cfg, content_dim)
     warm_from = lake.latest_model_before(NAME, day) if cfg.warm_start else None
@@ -126,12 +151,16 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
     else:
         data = build_train_data(feat_arrow, pos_items, pair_pd, pools, spec)
         metrics = train_two_tower(model, data, cfg, ctx.seed("two_tower.train"), fit_normalizers=warm_from is None)
+    # timings go to the stage stats, not the manifest (artefacts of two identical runs are equal byte for byte)
+    timings = {"seconds_collect": round(t_collect, 1), "seconds_fit": round(time.perf_counter() - t0 - t_collect, 1)}
     manifest = {
         **kept,
         "day": day.isoformat(),
         "training_window": [window[0].isoformat(), window[-1].isoformat()],
         "warm_start_from": warm_from.isoformat() if warm_from else None,
-        "metrics": {**metrics, "users": feat_arrow.num_rows, "negative_pool_days": len(pools)},
+        "metrics": {**metrics, "positive_pairs": int(n_pairs), "feature_users": feat_arrow.num_rows,
+                    "negative_pool_users": int(min(pool_users, cfg.negative_pool_max_users)),
+                    "negative_pool_days": len(pools)},
         "feature_config": {
             "user_features": list(spec.user_cat) + list(spec.user_num) + ["liked_emb", "user_id(hashed)"],
             "item_features": ["content_emb", "creator_id(hashed)", "category", "duration_ms", "item_id(hashed, dropout)"],
@@ -143,7 +172,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any]]:
         },
         "dims": {"embedding": spec.dim, "content": content_dim, "hidden": spec.hidden, "id_buckets": spec.id_buckets},
     }
-    return model, feats, manifest
+    return model, feats, manifest, timings
 
 
 def build_user_index(ctx: StageContext, model, emb_df) -> dict[str, Any]:
@@ -185,7 +214,7 @@ def run(ctx: StageContext) -> dict:
 
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     t0 = time.perf_counter()
-    model, feats, manifest = train_model(ctx)
+    model, feats, manifest, timings = train_model(ctx)
     with lake.publish_dir(Lake.model_rel(NAME, day)) as staging:
         save_two_tower(model, lake, staging, manifest)
     t1 = time.perf_counter()
@@ -198,11 +227,14 @@ def run(ctx: StageContext) -> dict:
     t3 = time.perf_counter()
     return {
         "seconds_train": round(t1 - t0, 1),
+        **timings,
         "seconds_embed": round(t2 - t1, 1),
         "seconds_index": round(t3 - t2, 1),
         "pairs": manifest["metrics"]["pairs"],
         "final_loss": (manifest["metrics"]["epoch_loss"] or [None])[-1],
-        "users_embedded": manifest["metrics"]["users"],
+        "users_embedded": sum(pq.ParquetFile(f, filesystem=lake.fs).metadata.num_rows
+                              for f in lake.data_files("user_embeddings", day)),
+        "feature_users": manifest["metrics"].get("feature_users"),
         "index_kind": index_manifest["kind"],
         "index_n": index_manifest["n"],
         "index_recall": index_manifest["recall_at_k"],
