@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from dualrec import artifacts
-from models.torch_io import load_state, save_model
+from models.torch_io import load_state, optimizer_step, save_model, sparse_dense_optimizers
 from models.two_tower import hash_ids
 
 log = logging.getLogger(__name__)
@@ -350,9 +350,7 @@ def train_next_user(model: NextUserModel, data: SequenceData, cfg, seed: int, fi
         return {"items": 0, "samples": 0, "epoch_loss": []}
     if fit_normalizers:
         model.fit_normalizers(data.items["dur"][:, 0])
-    sparse = [p for mod in model.modules() if isinstance(mod, nn.Embedding) and mod.sparse for p in mod.parameters()]
-    sparse_ids = {id(p) for p in sparse}
-    opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr), torch.optim.Adam([p for p in model.parameters() if id(p) not in sparse_ids], lr=cfg.lr)]
+    opts = sparse_dense_optimizers(model, cfg.lr)
     lens = np.diff(data.seq_off)
     w_con, w_ce, w_aux = float(cfg.loss_contrastive), float(cfg.loss_ce), float(cfg.loss_aux)
     losses: list[float] = []
@@ -365,13 +363,7 @@ def train_next_user(model: NextUserModel, data: SequenceData, cfg, seed: int, fi
             r = rows[s : s + cfg.batch_size]
             cut = (rng.random(len(r)) * lens[r]).astype(np.int64)  # j in [0, n-1]
             parts = batch_losses(model, data, r, cut, rng, cfg)
-            loss = sum(w * parts[k] for k, w in (("contrastive", w_con), ("ce", w_ce), ("aux", w_aux)) if w)
-            for o in opts:
-                o.zero_grad()
-            loss.backward()
-            for o in opts:
-                o.step()
-            total += float(loss.detach())
+            total += optimizer_step(opts, sum(w * parts[k] for k, w in (("contrastive", w_con), ("ce", w_ce), ("aux", w_aux)) if w))
             steps += 1
         losses.append(total / max(steps, 1))
         log.info("next_user epoch %d: loss %.4f (%d samples)", epoch, losses[-1], len(rows))

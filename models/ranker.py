@@ -168,16 +168,10 @@ def featurize(data: pd.DataFrame | pa.Table | pa.RecordBatch, spec: RankerSpec, 
         cat[:, len(ID_COLS) + k] = (_col(df, c, np.int64) % (spec.cat_buckets - 1)) + 1 + k * spec.cat_buckets
     mask = np.broadcast_to(np.asarray(mask_item_id, bool), (n,))
     cat[mask, ITEM_ID_POS] = 0
-    p = spec.profile_dim
     cols = spec.dense_columns
     dense = np.empty((n, spec.n_dense), np.float32)
     _dense_block(df, cols, n, out=dense[:, : len(cols)])
-    u0, i0 = cols.index("u_prof_0"), cols.index("i_proj_0")
-    u_prof = dense[:, u0 : u0 + p]
-    dense[:, len(cols)] = np.einsum("ij,ij->i", u_prof, dense[:, i0 : i0 + p])
-    if spec.extra_features:
-        e0 = cols.index("e_pos_prof_0")
-        dense[:, len(cols) + 1] = np.einsum("ij,ij->i", u_prof, dense[:, e0 : e0 + p])
+    _profile_dots(dense, spec)
     if not np.isfinite(dense).all():
         np.nan_to_num(dense, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return cat, dense
@@ -319,14 +313,21 @@ def featurize_pairs(side: SideArrays, user_ids: np.ndarray, u_rows: np.ndarray, 
     else:
         dense[:, upos] = ud
         dense[:, ipos] = idn
-    p = spec.profile_dim
+    _profile_dots(dense, spec)
+    return cat, dense
+
+
+def _profile_dots(dense: np.ndarray, spec) -> None:
+    """Fill the derived columns after the contract's dense columns, in place: the user profile's dot
+    product with the item's content projection and, with extra features, with the item's positive users'
+    profile (cross features the towers would otherwise have to learn from two profile blocks)."""
+    cols, p = spec.dense_columns, spec.profile_dim
     u0, i0 = cols.index("u_prof_0"), cols.index("i_proj_0")
     u_prof = dense[:, u0 : u0 + p]
     dense[:, len(cols)] = np.einsum("ij,ij->i", u_prof, dense[:, i0 : i0 + p])
     if spec.extra_features:
         e0 = cols.index("e_pos_prof_0")
         dense[:, len(cols) + 1] = np.einsum("ij,ij->i", u_prof, dense[:, e0 : e0 + p])
-    return cat, dense
 
 
 def labels_of(data: pd.DataFrame | pa.Table | pa.RecordBatch, tasks: list[str] | tuple[str, ...] = TASKS) -> np.ndarray:

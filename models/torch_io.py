@@ -1,4 +1,5 @@
-"""Saving and loading PyTorch models as weights + JSON manifest (shared by the two-tower and the ranker).
+"""Saving and loading PyTorch models as weights + JSON manifest (shared by the two-tower and the ranker),
+and the optimiser plumbing the two-tower and next-user trainers share.
 
 Weights are a ``state_dict`` loaded with ``torch.load(weights_only=True)``: no pickled code runs.
 """
@@ -13,6 +14,28 @@ from typing import Any
 import torch
 
 MANIFEST_FILE = "manifest.json"
+
+
+def sparse_dense_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the ``sparse=True`` embedding tables, Adam for every other parameter.
+
+    Hashed-ID tables are large and each batch touches a few rows: sparse gradients keep a step
+    proportional to the rows touched. Parameter order follows ``model.modules()``, so training stays
+    bitwise reproducible."""
+    sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    return [torch.optim.SparseAdam(sparse, lr=lr), torch.optim.Adam(dense, lr=lr)]
+
+
+def optimizer_step(opts: list[torch.optim.Optimizer], loss: torch.Tensor) -> float:
+    """One gradient step of every optimiser on ``loss``; returns the loss as a float."""
+    for o in opts:
+        o.zero_grad()
+    loss.backward()
+    for o in opts:
+        o.step()
+    return float(loss.detach())
 
 
 def state_to_bytes(model: torch.nn.Module) -> bytes:

@@ -45,7 +45,7 @@ from torch import nn
 from dualrec import artifacts
 from dualrec.hashing import hash_bucket
 from models import torch_threads
-from models.torch_io import load_state, save_model, state_to_bytes
+from models.torch_io import load_state, optimizer_step, save_model, sparse_dense_optimizers, state_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -389,10 +389,7 @@ def _train_two_tower(model: TwoTowerModel, data: TrainData, cfg, seed: int, fit_
         return {"pairs": 0, "epoch_loss": []}
     if fit_normalizers:
         model.fit_normalizers(data.users["num"], data.items["num"])
-    sparse = [p for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]
-    sparse_ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr), torch.optim.Adam(dense, lr=cfg.lr)]
+    opts = sparse_dense_optimizers(model, cfg.lr)
     liked_n_col = model.spec.user_num.index("liked_n")
     k = cfg.negatives_per_positive
     losses: list[float] = []
@@ -421,13 +418,7 @@ def _train_two_tower(model: TwoTowerModel, data: TrainData, cfg, seed: int, fit_
                 sl = torch.einsum("bd,bkd->bk", e_i, e_neg)
                 logits.append(sl.masked_fill(torch.from_numpy(neg == pu[:, None]), -1e9))
             target = torch.arange(len(b)) if cfg.in_batch_negatives else torch.zeros(len(b), dtype=torch.long)
-            loss = nn.functional.cross_entropy(torch.cat(logits, 1), target)
-            for o in opts:
-                o.zero_grad()
-            loss.backward()
-            for o in opts:
-                o.step()
-            total += float(loss.detach())
+            total += optimizer_step(opts, nn.functional.cross_entropy(torch.cat(logits, 1), target))
             steps += 1
         losses.append(total / max(steps, 1))
         log.info("two-tower epoch %d: loss %.4f (%d pairs)", epoch, losses[-1], data.n)
