@@ -265,7 +265,7 @@ def cmd_policies(args) -> list[dict]:
     from dualrec.evaluation.optimum import certified_optimum
     from dualrec.evaluation.figures import creator_figures, feedback_figures
     from dualrec.lake import Lake
-    from dualrec.stages.dispatch import prior_upload_batches
+    from dualrec.dispatch import prior_upload_batches
 
     day = dt.date.fromisoformat(args.date)
     lake = Lake(args.lake)

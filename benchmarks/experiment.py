@@ -36,9 +36,9 @@ from dualrec.evaluation.experiment import (  # noqa: E402
     bootstrap_difference,
     day_edges,
     figure_values,
-    paced_curve,
     population_sums,
 )
+from dualrec.dispatch import paced_curve  # noqa: E402
 from dualrec.experiment import arm_configs  # noqa: E402
 from dualrec.lake import Lake, parse_date  # noqa: E402
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"control: {confs['control'].dispatch.policy}, treatment: {confs['treatment'].dispatch.policy}; "
           f"L={base.dispatch.L} Q={base.dispatch.Q}, share {args.share}")
     t0 = time.time()
-    true_fig = {a: figure_values(population_sums(edges, confs[a], score_fn, paced_curve(lake, day, confs[a])))
+    true_fig = {a: figure_values(population_sums(edges, confs[a], score_fn, paced_curve(lake, day, confs[a].dispatch)))
                 for a in ("control", "treatment")}
     true = {f: (None if true_fig["treatment"][f] is None else true_fig["treatment"][f] - true_fig["control"][f])
             for f in RATIOS}
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         sums = {}
         for a in ("control", "treatment"):
             sub = arm_edges(edges, c.experiment, a)
-            sums[a] = population_sums(sub, confs[a], score_fn, paced_curve(lake, day, confs[a]))
+            sums[a] = population_sums(sub, confs[a], score_fn, paced_curve(lake, day, confs[a].dispatch))
         diff = bootstrap_difference(sums["treatment"], sums["control"], args.bootstrap, seed=salt, confidence=0.95)
         row = {"salt": salt, "seconds": round(time.time() - t0, 1),
                "creators": {a: int(sums[a]["creators"].size) for a in sums}}

@@ -491,7 +491,7 @@ def test_apply_boost_and_job(tmp_path, spark):
 
 
 def test_prior_upload_batches_reads_only_earlier_days(tmp_path):
-    from dualrec.stages.dispatch import prior_upload_batches
+    from dualrec.dispatch import prior_upload_batches
 
     lake = Lake(str(tmp_path / "lake"))
     lake.write_meta({"emb_dim": 4})

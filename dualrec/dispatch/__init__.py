@@ -15,6 +15,8 @@ from dualrec.dispatch.policies import (
     fair_share,
     forecast_remaining,
     paced_budget,
+    paced_curve,
+    prior_upload_batches,
     upload_curve,
 )
 from dualrec.dispatch.store import (
@@ -29,6 +31,8 @@ from dualrec.dispatch.store import (
 )
 
 __all__ = [
+    "paced_curve",
+    "prior_upload_batches",
     "KERNELS", "POLICIES", "DayDispatch", "DispatchInvariantError", "PolicyParams", "add_rank_in_item",
     "apply_boost", "assign_arrays", "assign_edges", "check_invariants", "check_ranked_against_items",
     "dispatch_day", "dispatch_day_arrays", "fair_share", "forecast_remaining", "item_order_df", "paced_budget",

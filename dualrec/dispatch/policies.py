@@ -30,11 +30,17 @@ Default knobs (``floor_share`` 1.0, g only) were chosen by ``benchmarks/dispatch
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dualrec.batches import batch_of_seconds
+from dualrec.lake import Lake
 
 from dualrec.dispatch.kernels import assign_arrays
 
@@ -86,6 +92,30 @@ def upload_curve(prior_batches: list[np.ndarray], batches_per_day: int) -> np.nd
         return None
     counts = np.stack([np.bincount(b, minlength=batches_per_day)[:batches_per_day] for b in days])
     return counts.mean(axis=0).astype(np.float64)
+
+
+def prior_upload_batches(lake: Lake, day: dt.date, days: int, batches_per_day: int) -> list[np.ndarray]:
+    """Batch index of every upload of each of the ``days`` days before ``day`` that has an ``items`` partition."""
+    out = []
+    for k in range(1, days + 1):
+        d = day - dt.timedelta(days=k)
+        if not lake.has_partition("items", d):
+            continue
+        ts = lake.read_table("items", d, ["upload_ts"]).column("upload_ts")
+        secs = pc.cast(ts.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy().astype(np.float64) / 1e6
+        midnight = dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp()
+        out.append(batch_of_seconds(secs - midnight, batches_per_day))
+    return out
+
+
+def paced_curve(lake: Lake, day: dt.date, cfg) -> np.ndarray | None:
+    """The upload curve ``paced`` forecasts with (earlier days' uploads), None for any other policy.
+
+    ``cfg``: a :class:`~dualrec.config.DispatchConfig`. One definition for the stage, the experiment
+    arms and the evaluation's whole-population runs, so all three forecast alike."""
+    if cfg.policy != "paced":
+        return None
+    return upload_curve(prior_upload_batches(lake, day, cfg.forecast_days, cfg.batches_per_day), cfg.batches_per_day)
 
 
 def forecast_remaining(curve: np.ndarray | None, b: int, batches_per_day: int, seen_so_far: int) -> float:

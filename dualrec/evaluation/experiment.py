@@ -28,9 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dualrec.batches import batch_of_seconds
 from dualrec.config import DualRecConfig, step_seed
-from dualrec.dispatch import PolicyParams, dispatch_day_arrays, fair_share, upload_curve
+from dualrec.dispatch import PolicyParams, dispatch_day_arrays, fair_share, paced_curve
 from dualrec.evaluation.figures import jf
 from dualrec.experiment import BUCKETS, arm_configs, assign, experiment_of, read_manifest
 from dualrec.lake import Lake
@@ -168,23 +167,6 @@ def arm_edges(edges: DayEdges, exp: Any, arm: str) -> DayEdges:
 
 
 # ============================================================================ lake reading
-def upload_batches(lake: Lake, day: dt.date, batches_per_day: int) -> np.ndarray:
-    ts = lake.read_table("items", day, ["upload_ts"]).column("upload_ts")
-    secs = pc.cast(ts.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy().astype(np.float64) / 1e6
-    midnight = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
-    return batch_of_seconds(secs - midnight, batches_per_day)
-
-
-def paced_curve(lake: Lake, day: dt.date, cfg: DualRecConfig) -> np.ndarray | None:
-    """The upload curve ``paced`` forecasts with (the days before D that have ``items``), as the stage builds it."""
-    d = cfg.dispatch
-    if d.policy != "paced":
-        return None
-    days = [day - dt.timedelta(days=k) for k in range(1, d.forecast_days + 1)]
-    return upload_curve([upload_batches(lake, x, d.batches_per_day) for x in days if lake.has_partition("items", x)],
-                        d.batches_per_day)
-
-
 def day_edges(lake: Lake, day: dt.date) -> DayEdges | None:
     """``ranked`` x available users of day D with upload ranks (None without ranked/items/activity_scores)."""
     if not all(lake.has_partition(t, day) for t in ("ranked", "items", "activity_scores")):
@@ -269,7 +251,7 @@ def experiment_section(lake: Lake, inp: Any, cfg: DualRecConfig,
     true = {}
     if edges is not None:
         for name in arms:
-            true[name] = figure_values(population_sums(edges, confs[name], score_fn, paced_curve(lake, day, confs[name])))
+            true[name] = figure_values(population_sums(edges, confs[name], score_fn, paced_curve(lake, day, confs[name].dispatch)))
     differences = {}
     for name in arms:
         if name == control:

@@ -20,31 +20,14 @@ import logging
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from dualrec.batches import batch_of_seconds
-from dualrec.dispatch import PolicyParams, check_invariants, dispatch_day, upload_curve
+from dualrec.dispatch import PolicyParams, check_invariants, dispatch_day, paced_curve
 from dualrec.experiment import clear as clear_experiment
 from dualrec.experiment import is_experiment
-from dualrec.lake import Lake
 from dualrec.stages import dispatch_arms
 from dualrec.stages.base import StageContext, partition_rows, write_empty
 
 log = logging.getLogger(__name__)
-
-
-def prior_upload_batches(lake: Lake, day: dt.date, days: int, batches_per_day: int) -> list[np.ndarray]:
-    """Batch index of every upload of each of the ``days`` days before ``day`` that has an ``items`` partition."""
-    out = []
-    for k in range(1, days + 1):
-        d = day - dt.timedelta(days=k)
-        if not lake.has_partition("items", d):
-            continue
-        ts = lake.read_table("items", d, ["upload_ts"]).column("upload_ts")
-        secs = pc.cast(ts.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy().astype(np.float64) / 1e6
-        midnight = dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp()
-        out.append(batch_of_seconds(secs - midnight, batches_per_day))
-    return out
 
 
 def reads(cfg, day):
@@ -91,7 +74,7 @@ def empty_day(ctx: StageContext) -> dict | None:
 def run(ctx: StageContext) -> dict:
     """Dispatch day D's uploads to available users (store, assignment, match sets)."""
     if is_experiment(ctx.cfg):  # co-diverted arms, each on its own creators and users (issue 19)
-        return dispatch_arms.run(ctx, prior_upload_batches)
+        return dispatch_arms.run(ctx)
     cfg = ctx.cfg.dispatch
     lake, day = ctx.lake, ctx.day
     if partition_rows(lake, "ranked", day) == 0 and (stats := empty_day(ctx)) is not None:
@@ -100,9 +83,7 @@ def run(ctx: StageContext) -> dict:
     ranked = lake.read_df(spark, "ranked", [day], with_dt=False)
     items = lake.read_df(spark, "items", [day], with_dt=False)
     activity = lake.read_df(spark, "activity_scores", [day], with_dt=False)
-    curve = None
-    if cfg.policy == "paced":
-        curve = upload_curve(prior_upload_batches(lake, day, cfg.forecast_days, cfg.batches_per_day), cfg.batches_per_day)
+    curve = paced_curve(lake, day, cfg)
     out = dispatch_day(
         spark, ranked, items, activity, L=cfg.L, Q=cfg.Q, batches_per_day=cfg.batches_per_day,
         policy=cfg.policy, curve=curve, params=PolicyParams.from_config(cfg),

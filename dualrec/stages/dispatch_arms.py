@@ -14,12 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
 
-import numpy as np
 from pyspark.sql import functions as F
 
-from dualrec.dispatch import DispatchInvariantError, PolicyParams, check_invariants, dispatch_day, upload_curve
+from dualrec.dispatch import DispatchInvariantError, PolicyParams, check_invariants, dispatch_day, paced_curve
 from dualrec.experiment import BUCKETS, arm_configs, arm_names, buckets_table, with_arm, write_manifest
 from dualrec.stages.base import StageContext
 
@@ -43,12 +41,8 @@ def cross_arm_pairs(match_df, user_arms, item_arms) -> int:
     return j.filter(F.col("_ua").isNull() | F.col("_ia").isNull() | (F.col("_ua") != F.col("_ia"))).count()
 
 
-def run(ctx: StageContext, prior_batches: Callable[..., list[np.ndarray]]) -> dict:
-    """Dispatch every arm on its own creators' items and users; publish the union and the assignment.
-
-    ``prior_batches(lake, day, days, batches_per_day)``: the upload batches of earlier days
-    (``paced``), from the plain stage.
-    """
+def run(ctx: StageContext) -> dict:
+    """Dispatch every arm on its own creators' items and users; publish the union and the assignment."""
     cfg, lake, spark, day = ctx.cfg, ctx.lake, ctx.spark, ctx.day
     exp = cfg.experiment
     ranked = lake.read_df(spark, "ranked", [day], with_dt=False)
@@ -63,9 +57,7 @@ def run(ctx: StageContext, prior_batches: Callable[..., list[np.ndarray]]) -> di
         it = items.filter(F.col("arm") == name).drop("arm")
         act = activity.filter(F.col("arm") == name).drop("arm")
         rk = ranked.join(it.select("item_id"), "item_id", "left_semi").join(act.select("user_id"), "user_id", "left_semi")
-        curve = None
-        if c.policy == "paced":
-            curve = upload_curve(prior_batches(lake, day, c.forecast_days, c.batches_per_day), c.batches_per_day)
+        curve = paced_curve(lake, day, c)
         out = dispatch_day(
             spark, rk, it, act, L=c.L, Q=c.Q, batches_per_day=c.batches_per_day, policy=c.policy, curve=curve,
             params=PolicyParams.from_config(c),
