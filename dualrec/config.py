@@ -180,6 +180,11 @@ class TwoTowerConfig(_Section):
     item_id_dropout: float = Field(0.5, ge=0, le=1)
     id_buckets: int = Field(1 << 18, ge=2, description="hash buckets; bucket 0 is reserved for masked IDs")
     warm_start: bool = True
+    train_without_uploads: bool = Field(
+        False,
+        description="False: a day without uploads keeps the previous model and publishes an empty user_embeddings "
+        "partition and user index (nothing retrieves that day; the next day trains on a window that includes it)",
+    )
     max_train_pairs: int = Field(
         2_000_000, ge=1, description="positive pairs trained on, a hash-ranked sample drawn on the executors (bounds the driver)"
     )
@@ -311,6 +316,11 @@ class RankConfig(_Section):
     sample_augmentation: bool = True
     extra_features: bool = True
     warm_start: bool = True
+    train_without_uploads: bool = Field(
+        False,
+        description="False: a day without candidates keeps the previous model (its train_end stays, so the next "
+        "warm start covers the day) and publishes an empty ranked partition",
+    )
     cadence_days: int = Field(1, ge=1, description="> 1: a model younger than this many days is reused")
     max_train_rows: int = Field(
         2_000_000, ge=1,

@@ -158,6 +158,9 @@ _SPECS: list[TableSpec] = [
         (C("user_id", pa.int64()), C("emb", EMB)),
         key=("user_id",),
         emb_columns=("emb",),
+        allow_empty=True,
+        doc="Two-tower user embeddings of every user on dt; empty on a day without uploads, when nothing "
+        "retrieves (two_tower.train_without_uploads: false).",
     ),
     TableSpec(
         "item_similar",

@@ -26,14 +26,8 @@ from dualrec.registry import STAGES, stage_spec
 from jobs.cli import main as cli_main
 from services import Daemon, build_wheel, free_port, http_json, wait_for
 
-# ~3-4 min on a quiet 2-core machine; the timeout leaves room for a crowded one
-# Not yet seen green end to end (written on an overloaded machine; see the issue-14 notes): opt in
-# with DUALREC_SERVICE_TESTS=1 until a quiet run confirms them, then drop this gate.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-    pytest.mark.skipif(os.environ.get("DUALREC_SERVICE_TESTS") != "1", reason="set DUALREC_SERVICE_TESTS=1 to run"),
-]
+# ~3-4 min on a quiet 2-core machine (37 min at load average 25); the timeout leaves room for a crowded one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DAY = dt.date(2026, 1, 10)
 # small knobs: this test is about the route (cluster, shipping, equality), not model quality
@@ -50,7 +44,8 @@ metrics: {max_items: 100}
 # local and a cluster run of the same day, measured); its consumers are still compared exactly,
 # from identical inputs. Remove the entry once training is deterministic.
 NOT_YET_DETERMINISTIC = {"user_embeddings": "user_id"}
-TIMING_METRICS = ("cost.stage_seconds.", "cost.total_seconds", "cost.rows_per_second.")
+# wall/CPU timings differ run to run by nature; every other metric must be equal
+TIMING_PREFIXES = ("cost.stage_seconds.", "cost.total_seconds", "cost.rows_per_second.")
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +131,21 @@ def _submit(stage: str, master: str, shipped: dict, lake: str, config: str, tmp:
 def _derived(spark, lake: str, table: str):
     df = spark.read.parquet(os.path.join(lake, table, f"dt={DAY.isoformat()}"))
     if table == "metrics":
-        df = df.filter(~df.metric.startswith(TIMING_METRICS[0]) & ~df.metric.startswith(TIMING_METRICS[1])
-                       & ~df.metric.startswith(TIMING_METRICS[2]))
+        timing = df.metric.endswith("_seconds")
+        for prefix in TIMING_PREFIXES:
+            timing = timing | df.metric.startswith(prefix)
+        df = df.filter(~timing)
     return df
+
+
+def _max_emb_diff(spark, remote: str, local: str, table: str, key: str) -> float:
+    """Largest absolute difference between the two runs' embedding values (printed, not asserted)."""
+    from pyspark.sql import functions as F
+
+    a = _derived(spark, remote, table).select(key, F.posexplode("emb").alias("k", "a"))
+    b = _derived(spark, local, table).select(key, F.posexplode("emb").alias("k", "b"))
+    row = a.join(b, [key, "k"]).agg(F.max(F.abs(F.col("a") - F.col("b"))).alias("d")).first()
+    return float(row["d"] or 0.0)
 
 
 def _partition(lake: str, rel: str) -> str:
@@ -184,7 +191,7 @@ def test_every_stage_on_a_standalone_cluster_equals_local_mode(tiny_world, clust
                 # same rows and keys; the values are compared once training is reproducible
                 key = NOT_YET_DETERMINISTIC[table]
                 assertDataFrameEqual(_derived(spark, remote, table).select(key), _derived(spark, local, table).select(key))
-                drift[table] = "keys equal, values not compared"
+                drift[table] = f"keys equal; max |difference| {_max_emb_diff(spark, remote, local, table, key)}"
             else:
                 assertDataFrameEqual(_derived(spark, remote, table), _derived(spark, local, table), rtol=1e-5, atol=1e-6)
             compared.append(table)

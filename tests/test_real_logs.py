@@ -151,3 +151,60 @@ def test_ranker_keeps_its_model_when_the_incremental_window_is_empty(tmp_path, s
     assert m["train_end"] == days[3].isoformat()  # the next warm start still covers the quiet day
     m_day, model = model_for_day(lake, days[5])
     assert m_day == days[5] and model is not None
+
+
+QUIET_CFG = {"activity.n_estimators": 10, "activity.train_target_days": 2, "activity.lookback_days": 3,
+             "two_tower.epochs": 1, "two_tower.train_window_days": 3, "rank.epochs": 1, "rank.train_window_days": 2,
+             # every user of this lake rates every item of its day, so seen pairs and a visitor cap would
+             # leave day 5 with nothing to retrieve (a property of the data, not of the quiet day before it)
+             "retrieval.exclude_seen": False, "activity.expected_active_cap": 0}
+
+
+@pytest.mark.slow
+def test_a_day_without_uploads_keeps_the_models_and_publishes_empty_outputs(tmp_path, spark):
+    """Day 4 of the gap lake has no upload: two_tower and rank keep day 3's models (no Spark training),
+    every output partition of the day is published (empty where nothing was retrieved), the day is
+    complete, and day 5 warm-starts and trains as usual."""
+    from dualrec.artifacts import read_manifest
+    from dualrec.pipeline import is_day_done, run_day
+    from dualrec.stages.base import partition_rows
+
+    lake, days = _ml_lake_with_gap(tmp_path)
+    cfg = DualRecConfig()
+    for k, v in QUIET_CFG.items():
+        cfg = cfg.with_override(k, v)
+    assert partition_rows(lake, "items", days[4]) == 0 and partition_rows(lake, "items", days[3]) > 0
+    run_day(lake, days[3], cfg, progress=lambda m: None)
+    stats = run_day(lake, days[4], cfg, progress=lambda m: None)
+    assert is_day_done(lake, days[4])
+    for name in ("two_tower", "ranker"):
+        m = read_manifest(lake, name, days[4])
+        assert m["kept_previous"] is True and m["kept_from"] == days[3].isoformat(), name
+        assert "no uploads" in m["reason"], name
+    assert read_manifest(lake, "ranker", days[4])["train_end"] == read_manifest(lake, "ranker", days[3])["train_end"]
+    for table in ("user_embeddings", "candidates", "ranked", "match_sets", "user_match_sets"):
+        assert lake.has_partition(table, days[4]) and partition_rows(lake, table, days[4]) == 0, table
+    assert partition_rows(lake, "metrics", days[4]) > 0
+    assert json.loads(lake.read_text(f"{Lake.model_rel('user_index', days[4])}/manifest.json"))["n"] == 0
+    assert stats is not None
+    # the next day with uploads trains again, warm-started from the kept models
+    run_day(lake, days[5], cfg, progress=lambda m: None)
+    r5 = read_manifest(lake, "ranker", days[5])
+    assert "kept_previous" not in r5 and r5["warm_start_from"] == days[4].isoformat()
+    assert r5["train_start"] == days[3].isoformat()  # covers the quiet day's predecessor onward
+    t5 = read_manifest(lake, "two_tower", days[5])
+    assert "kept_previous" not in t5 and t5["warm_start_from"] == days[4].isoformat()
+    assert partition_rows(lake, "ranked", days[5]) > 0
+
+
+def test_train_without_uploads_switches_the_empty_day_path_off(tmp_path):
+    from dualrec.stages import rank, two_tower
+    from dualrec.stages.base import StageContext
+
+    lake, days = _ml_lake_with_gap(tmp_path)
+    cfg = DualRecConfig().with_override("two_tower.train_without_uploads", True)
+    assert two_tower.empty_day(StageContext(lake=lake, day=days[4], cfg=cfg)) is None
+    cfg = DualRecConfig().with_override("rank.train_without_uploads", True)
+    assert rank.empty_day(StageContext(lake=lake, day=days[4], cfg=cfg)) is None
+    # without an earlier model there is nothing to keep: the day runs normally
+    assert two_tower.empty_day(StageContext(lake=lake, day=days[4], cfg=DualRecConfig())) is None

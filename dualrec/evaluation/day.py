@@ -453,7 +453,11 @@ def arm_sections(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str
 def ranking_section(spark_get: Callable[[], Any], lake: Lake, day: dt.date, cfg: DualRecConfig, inter: pa.Table | None) -> dict[str, Any]:
     """ranking.auc by task (the ranker's own held-out evaluation), plus AUC on D+1 exposures."""
     out: dict[str, Any] = {"auc": {t: None for t in RANK_TASKS}, "auc_logged": {t: None for t in RANK_TASKS}}
-    if lake.has_partition("interactions", day):
+    if lake.has_partition("ranked", day) and not _rows(lake, "ranked", day):
+        # a day without uploads ranked nothing and kept its model: no Spark session (a JVM start and a
+        # feature build) for a figure about a ranking that did not happen; null, as SPEC 6 says
+        out["auc_skipped"] = "nothing ranked on the day (no uploads)"
+    elif lake.has_partition("interactions", day):
         out["auc"].update({str(k): jf(v) for k, v in (ranking_auc(spark_get(), lake, day, cfg) or {}).items()})
     if inter is not None and lake.has_partition("ranked", day) and inter.num_rows:
         items = pc.unique(inter.column("item_id"))

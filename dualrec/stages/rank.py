@@ -30,7 +30,7 @@ from dualrec.ranking import (
     scoring_tables,
     training_frame,
 )
-from dualrec.stages.base import StageContext
+from dualrec.stages.base import StageContext, partition_rows, write_empty
 from models.ranker import (
     TASKS,
     RankerSpec,
@@ -161,9 +161,39 @@ def score(ctx: StageContext, model) -> dict:
             "users_table": users.num_rows, "items_table": items.num_rows, "tables_seconds": tables_seconds}
 
 
+def empty_day(ctx: StageContext) -> dict | None:
+    """A day without candidates (no uploads): keep the previous model and publish an empty ``ranked``.
+
+    Why: there is nothing to score, and the warm start is incremental from the model's
+    ``train_end``, which a kept model keeps, so the next trained day covers this one. Returns None
+    when the day must run normally: it has candidates, ``rank.train_without_uploads`` is set, or no
+    earlier model with the configured spec exists (the first day trains, so later days can start warm)."""
+    lake, day, cfg = ctx.lake, ctx.day, ctx.cfg
+    if cfg.rank.train_without_uploads or partition_rows(lake, "candidates", day) > 0:
+        return None
+    prev_day = lake.latest_model_before("ranker", day)
+    prev = load_ranker(lake, prev_day) if prev_day is not None else None
+    if prev is None or prev.manifest["spec"] != asdict(RankerSpec.from_cfg(cfg.rank)):
+        return None
+    t0 = time.time()
+    if (day - prev_day).days < cfg.rank.cadence_days:
+        train = {"trained": False, "model_day": str(prev_day)}
+    else:
+        reason = f"no candidates on {day} (no uploads): nothing to score"
+        keep_previous(lake, "ranker", day, prev_day, reason)
+        train = {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
+    write_empty(lake, "ranked", day)
+    log.info("rank %s: no candidates; kept the model of %s, empty ranked published", day, prev_day)
+    return {"train": train, "train_seconds": round(time.time() - t0, 3),
+            "score": {"candidates": 0, "ranked": 0, "mean_g": None, "mean_theta": None},
+            "score_seconds": 0.0, "model_day": train["model_day"]}
+
+
 def run(ctx: StageContext) -> dict:
     """Train the ranker on its cadence and score D's candidates."""
 
+    if (stats := empty_day(ctx)) is not None:
+        return stats
     t0 = time.time()
     stats = {"train": train(ctx)}
     stats["train_seconds"] = round(time.time() - t0, 3)
