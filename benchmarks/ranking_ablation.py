@@ -62,9 +62,32 @@ def ensure_item_similar(spark, lake: Lake, cfg: DualRecConfig, first: dt.date, l
     return {"built": done, "present": have, "seconds": round(time.time() - t0, 1)}
 
 
+def _frames(spark, lake: Lake, cfg: DualRecConfig, T: dt.date, seed: int, cache: str | None):
+    """(train, test) feature frames of held-out day T, optionally cached as Parquet under ``cache``
+    (keyed by day, cap, window and seed) so that further variants skip the ~10 min Spark build."""
+    import pandas as pd
+
+    from dualrec.ranking import training_frame
+
+    W, cap = cfg.rank.train_window_days, cfg.rank.max_train_rows
+    paths = None
+    if cache:
+        base = Path(cache) / f"{T}_W{W}_cap{cap}_s{seed}"
+        paths = (base.with_name(base.name + "_train.parquet"), base.with_name(base.name + "_test.parquet"))
+        if all(p.exists() for p in paths):
+            return pd.read_parquet(paths[0]), pd.read_parquet(paths[1])
+    train, _ = training_frame(spark, lake, T - dt.timedelta(days=W), T - dt.timedelta(days=1), cfg, max_rows=cap, seed=seed)
+    test, _ = training_frame(spark, lake, T, T, cfg, max_rows=cap, seed=seed)
+    if paths:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        train.to_parquet(paths[0])
+        test.to_parquet(paths[1])
+    return train, test
+
+
 def ablation(spark, lake: Lake, cfg: DualRecConfig, test_days: list[dt.date], seed: int,
-             variants: tuple = VARIANTS) -> dict:
-    from dualrec.ranking import auc_per_task, promo_training_lists, training_frame
+             variants: tuple = VARIANTS, cache: str | None = None) -> dict:
+    from dualrec.ranking import auc_per_task, promo_training_lists
     from models.ranker import RankerSpec, featurize, labels_of, new_model, predict, train_ranker
 
     res: dict[str, dict[str, list]] = {v[0]: {"all": [], "cold": [], "warm": []} for v in variants}
@@ -73,9 +96,7 @@ def ablation(spark, lake: Lake, cfg: DualRecConfig, test_days: list[dt.date], se
     pcfg = cfg.rank.promo
     for T in test_days:
         t0 = time.time()
-        train, _ = training_frame(spark, lake, T - dt.timedelta(days=cfg.rank.train_window_days), T - dt.timedelta(days=1),
-                                  cfg, max_rows=cfg.rank.max_train_rows, seed=seed)
-        test, _ = training_frame(spark, lake, T, T, cfg, max_rows=cfg.rank.max_train_rows, seed=seed)
+        train, test = _frames(spark, lake, cfg, T, seed, cache)
         cold = (test["upload_day"].to_numpy() == np.datetime64(T))
         size = {"day": str(T), "train_rows": len(train), "test_rows": len(test), "cold_rows": int(cold.sum()),
                 "ef_similar_share_train": round(float((train["s_has"] > 0).mean()), 4),
@@ -201,6 +222,7 @@ def main(argv=None) -> int:
     p.add_argument("--retrieval-day", default="")
     p.add_argument("--items", type=int, default=200, help="items sampled for part 2")
     p.add_argument("--skip-ablation", action="store_true")
+    p.add_argument("--frame-cache", default="", help="cache the feature frames here (Parquet), outside the repo")
     p.add_argument("--variants", default="", help="semicolon-separated subset of the variant names (default: all)")
     p.add_argument("--no-item-similar", action="store_true",
                    help="do not backfill item_similar (S^I) for the upload days the features read")
@@ -228,7 +250,7 @@ def main(argv=None) -> int:
                                               + cfg.rank.user_window_days + cfg.rank.item_lookback_days)
             result["item_similar"] = ensure_item_similar(spark, lake, cfg, first, max(days))
         chosen = tuple(v for v in VARIANTS if not args.variants or v[0] in args.variants.split(";"))
-        result["ablation"] = ablation(spark, lake, cfg, days, args.seed, chosen)
+        result["ablation"] = ablation(spark, lake, cfg, days, args.seed, chosen, args.frame_cache or None)
         print_ablation(result["ablation"])
     if args.retrieval_day:
         result["retrieval"] = retrieval_quality(lake, cfg, parse_date(args.retrieval_day), args.items, args.seed)
