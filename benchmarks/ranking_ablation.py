@@ -39,6 +39,9 @@ from models.ranker import TASKS  # noqa: E402
 VARIANTS = (("w/o SA, w/o EF", False, False, "off"), ("w/o SA, with EF", False, True, "off"),
             ("with SA, w/o EF", True, False, "off"), ("with SA, with EF", True, True, "off"),
             ("PROMO", True, True, "promo"), ("PROMO-M", True, True, "m"), ("PROMO-T", True, True, "t"))
+# on request only (--variants): PROMO on the EF-only base (SA hurts on small, BENCHMARKS 4)
+EXTRA_VARIANTS = (("PROMO w/o SA", False, True, "promo"), ("PROMO-M w/o SA", False, True, "m"),
+                  ("PROMO-T w/o SA", False, True, "t"))
 
 
 def ensure_item_similar(spark, lake: Lake, cfg: DualRecConfig, first: dt.date, last: dt.date) -> dict:
@@ -249,7 +252,8 @@ def main(argv=None) -> int:
             first = min(days) - dt.timedelta(days=cfg.rank.train_window_days + cfg.rank.item_history_days
                                               + cfg.rank.user_window_days + cfg.rank.item_lookback_days)
             result["item_similar"] = ensure_item_similar(spark, lake, cfg, first, max(days))
-        chosen = tuple(v for v in VARIANTS if not args.variants or v[0] in args.variants.split(";"))
+        chosen = VARIANTS if not args.variants else tuple(
+            v for v in VARIANTS + EXTRA_VARIANTS if v[0] in args.variants.split(";"))
         result["ablation"] = ablation(spark, lake, cfg, days, args.seed, chosen, args.frame_cache or None)
         print_ablation(result["ablation"])
     if args.retrieval_day:

@@ -648,11 +648,18 @@ def promo_training_lists(lake, pdf, cfg):
     scored at that time could have seen is used (never the row's own or later feedback)."""
     from models.promo import batch_start_us
 
-    ts = pdf["ts"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    ts = _epoch_us(pdf["ts"])
     cut = batch_start_us(ts, cfg.dispatch.batches_per_day)
     days = pd_days(pdf["row_day"])
     first = min(days) - dt.timedelta(days=cfg.rank.item_history_days)
     return promo_lists(lake, pdf["item_id"].to_numpy(np.int64), cut, first, max(days), cfg)
+
+
+def _epoch_us(col) -> np.ndarray:
+    """A pandas timestamp column (tz-aware or naive UTC) as int64 µs since the epoch."""
+    import pandas as pd
+
+    return ((pd.to_datetime(col, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(np.int64)
 
 
 def pd_days(col) -> list[dt.date]:
