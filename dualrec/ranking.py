@@ -667,7 +667,7 @@ def pd_days(col) -> list[dt.date]:
     return [dt.date.fromisoformat(str(v)) for v in vals]
 
 
-def promo_scoring_lists(lake, day: dt.date, item_ids: np.ndarray, item_batch: dict[int, int] | tuple, cfg):
+def promo_scoring_lists(lake, day: dt.date, item_ids: np.ndarray, item_batch: tuple[np.ndarray, np.ndarray], cfg):
     """PROMO lists of D's candidate items at their batch cutoffs, in ``item_ids`` order.
 
     ``item_batch``: (item IDs, batch) arrays; an item in several batches takes its earliest."""
