@@ -304,8 +304,43 @@ class RetrievalConfig(_Section):
         return v
 
 
+class PromoConfig(_Section):
+    """PROMO (pinnacle-feedback prompts, issue 18) as a switch of the ranker; off unless it measures better.
+
+    Pinnacle value of a user's feedback on an item: v_ui = alpha * CR + beta * IR, with CR the
+    completion-rate-like value min(play_time_ms / duration_ms, 1) (the paper's staying time) and
+    IR the interaction-rate-like value, the share of the 5 creator-visible feedbacks given
+    (like, comment, follow, share, profile_enter: the paper's like / follow score). Pinnacle users:
+    the top ``k`` positive users (any visible feedback or a long view) by v_ui before the cutoff.
+    """
+
+    enabled: bool = False
+    variant: Literal["promo", "m", "t"] = Field(
+        "promo",
+        description="promo: item-wise personalised prompt network; m (PROMO-M): one shared prompt network; "
+        "t (PROMO-T): pooled pinnacle users as a plain input feature (no prompt network, no pinnacle loss)",
+    )
+    alpha: float = Field(1.0, ge=0, description="weight of CR in v_ui")
+    beta: float = Field(1.0, ge=0, description="weight of IR in v_ui")
+    k: int = Field(8, ge=1, description="pinnacle users per item")
+    negatives: int = Field(8, ge=0, description="negative-feedback users per item (the latest before the cutoff)")
+    lambda_pinnacle: float = Field(0.05, ge=0, description="weight of the pinnacle-feedback prompt-enhanced loss")
+    lambda_popularity: float = Field(0.1, ge=0, description="weight of the popularity-aware prompt-enhanced loss")
+    cold_positives: int = Field(5, ge=0, description="an item is cold while it has at most this many positive users so far")
+    pseudo_neighbours: int = Field(5, ge=1, description="S^I neighbours searched (by sim) for pseudo-pinnacle users")
+
+    @field_validator("beta")
+    @classmethod
+    def _value_not_zero(cls, v: float, info) -> float:
+        if v == 0 and info.data.get("alpha", 1.0) == 0:
+            raise ValueError("alpha and beta are both 0: every feedback would have the same pinnacle value")
+        return v
+
+
 class RankConfig(_Section):
     """Multi-task ranker and score integration (paper 3.3, Eq. 10)."""
+
+    promo: PromoConfig = Field(default_factory=PromoConfig)
 
     train_window_days: int = Field(7, ge=1)
     epochs: int = Field(2, ge=1)

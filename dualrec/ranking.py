@@ -474,7 +474,8 @@ def score_candidates(candidates, side: SideArrays, model, beta: dict[str, float]
                     continue
             u_rows = sd.user_rows(users)
             cat, dense = featurize_pairs(sd, users, u_rows, i_rows, m.spec, mask_item_id=True)
-            s = predict(m, cat, dense, batch_rows)
+            prompt = sd.item_prompt.take(i_rows) if sd.item_prompt is not None else None
+            s = predict(m, cat, dense, batch_rows, prompt=prompt)
             theta = ((sd.user_extra["u_n_explicit"][u_rows] + theta_prior * g_explicit)
                      / (sd.user_extra["u_n_imp"][u_rows] + theta_prior)).astype(np.float32)
             total = np.zeros(len(s), np.float64)
@@ -579,6 +580,112 @@ def training_frame(spark, lake, start: dt.date, end: dt.date, cfg, max_rows: int
         release(cached)
 
 
+# ---------------------------------------------------------------------- PROMO inputs
+def feedback_events(lake, start: dt.date, end: dt.date, cfg) -> dict[str, np.ndarray]:
+    """Exposures of [start, end] as PROMO feedback events: item, user, ts (µs), v_ui, positive.
+
+    v_ui = alpha * CR + beta * IR (``rank.promo``): CR = min(play_time_ms / duration_ms, 1),
+    IR = share of the creator-visible feedbacks given; positive = any visible feedback or a long
+    view. Arrow + NumPy (no Spark job): five columns of a few million rows."""
+    import pyarrow.compute as pc
+
+    from models.promo import completion_rate, feedback_value
+    from schemas.feedback import VISIBLE_FEEDBACKS
+
+    pcfg = cfg.rank.promo
+    days = _days(start, end)
+    cols = ["user_id", "item_id", "ts", "play_time_ms", "is_long_view", *[f"is_{t}" for t in VISIBLE_FEEDBACKS]]
+    inter = lake.read_tables("interactions", days, cols)
+    items = lake.read_tables("items", _days(start - dt.timedelta(days=cfg.rank.item_lookback_days), end),
+                             ["item_id", "duration_ms"])
+    it_ids = items.column("item_id").to_numpy().astype(np.int64)
+    order = np.argsort(it_ids, kind="stable")
+    it_ids, dur = it_ids[order], pc.fill_null(items.column("duration_ms"), 0).to_numpy().astype(np.int64)[order]
+    item = inter.column("item_id").to_numpy().astype(np.int64)
+    pos = np.minimum(np.searchsorted(it_ids, item), max(len(it_ids) - 1, 0))
+    d = np.where((len(it_ids) > 0) & (it_ids[pos] == item), dur[pos], 0) if len(it_ids) else np.zeros(len(item), np.int64)
+
+    def flag(c):
+        return pc.fill_null(inter.column(c), 0).to_numpy().astype(np.float64)
+
+    vis = np.stack([flag(f"is_{t}") for t in VISIBLE_FEEDBACKS], 1) if inter.num_rows else np.zeros((0, 5))
+    ir = vis.mean(1)
+    cr = completion_rate(pc.fill_null(inter.column("play_time_ms"), 0).to_numpy(), d)
+    ts = pc.cast(inter.column("ts"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    return {"item": item, "user": inter.column("user_id").to_numpy().astype(np.int64), "ts": ts.astype(np.int64),
+            "value": feedback_value(cr, ir, pcfg.alpha, pcfg.beta),
+            "positive": (vis.max(1) > 0) | (flag("is_long_view") > 0)}
+
+
+def _similar_arrays(lake, start: dt.date, end: dt.date):
+    t = lake.read_tables("item_similar", _days(start, end), ["item_id", "similar_item_id", "sim"])
+    return (t.column("item_id").to_numpy().astype(np.int64), t.column("similar_item_id").to_numpy().astype(np.int64),
+            t.column("sim").to_numpy().astype(np.float64))
+
+
+def promo_lists(lake, q_item: np.ndarray, q_cutoff_us: np.ndarray, first: dt.date, last: dt.date, cfg):
+    """Pinnacle / negative / pseudo-pinnacle users of (item, cutoff) queries from feedback of
+    [first, last] strictly before each cutoff (point-in-time), S^I of the upload days in range.
+
+    Unique (item, cutoff) pairs are solved once and broadcast back to the queries."""
+    from models.promo import pinnacle_lists
+
+    q = np.stack([np.asarray(q_item, np.int64), np.asarray(q_cutoff_us, np.int64)], 1)
+    uq, inv = np.unique(q, axis=0, return_inverse=True) if len(q) else (q, np.zeros(0, np.int64))
+    ev = feedback_events(lake, first, last, cfg)
+    sim = _similar_arrays(lake, first - dt.timedelta(days=cfg.rank.item_lookback_days), last)
+    lists = pinnacle_lists(ev["item"], ev["user"], ev["ts"], ev["value"], ev["positive"], uq[:, 0], uq[:, 1],
+                           cfg.rank.promo, sim)
+    log.info("promo lists %s..%s: %d queries (%d unique), %d events; own pinnacle %.1f%%, pseudo %.1f%%", first, last,
+             len(q), len(uq), len(ev["item"]), 100 * (lists.pos >= 0).any(1).mean() if len(uq) else 0.0,
+             100 * (lists.pseudo >= 0).any(1).mean() if len(uq) else 0.0)
+    return lists.take(np.asarray(inv).reshape(-1))
+
+
+def promo_training_lists(lake, pdf, cfg):
+    """PROMO lists of training / held-out rows (``item_id``, ``ts``, ``row_day``): each row's cutoff
+    is the start of the dispatch batch containing its timestamp, so only feedback that a batch
+    scored at that time could have seen is used (never the row's own or later feedback)."""
+    from models.promo import batch_start_us
+
+    ts = _epoch_us(pdf["ts"])
+    cut = batch_start_us(ts, cfg.dispatch.batches_per_day)
+    days = pd_days(pdf["row_day"])
+    first = min(days) - dt.timedelta(days=cfg.rank.item_history_days)
+    return promo_lists(lake, pdf["item_id"].to_numpy(np.int64), cut, first, max(days), cfg)
+
+
+def _epoch_us(col) -> np.ndarray:
+    """A pandas timestamp column (tz-aware or naive UTC) as int64 µs since the epoch."""
+    import pandas as pd
+
+    return ((pd.to_datetime(col, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(np.int64)
+
+
+def pd_days(col) -> list[dt.date]:
+    vals = np.unique(col.to_numpy().astype("datetime64[D]"))
+    return [dt.date.fromisoformat(str(v)) for v in vals]
+
+
+def promo_scoring_lists(lake, day: dt.date, item_ids: np.ndarray, item_batch: tuple[np.ndarray, np.ndarray], cfg):
+    """PROMO lists of D's candidate items at their batch cutoffs, in ``item_ids`` order.
+
+    ``item_batch``: (item IDs, batch) arrays; an item in several batches takes its earliest."""
+    from models.promo import batch_end_us
+
+    b_items, b_batch = (np.asarray(a, np.int64) for a in item_batch)
+    o = np.lexsort((b_batch, b_items))
+    b_items, b_batch = b_items[o], b_batch[o]
+    first_of = np.searchsorted(b_items, item_ids)
+    first_of = np.minimum(first_of, max(len(b_items) - 1, 0))
+    batch = np.where((len(b_items) > 0) & (b_items[first_of] == item_ids), b_batch[first_of], 0) if len(b_items) else \
+        np.zeros(len(item_ids), np.int64)
+    day0 = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    cut = batch_end_us(day0, batch, cfg.dispatch.batches_per_day)
+    return promo_lists(lake, np.asarray(item_ids, np.int64), cut, day - dt.timedelta(days=cfg.rank.item_history_days),
+                       day, cfg)
+
+
 # ---------------------------------------------------------------------- scores
 def integrated_score(df, beta: dict[str, float]):
     """Eq. 10: g = sum_m beta_m * s_m / theta (Spark)."""
@@ -656,13 +763,19 @@ def model_for_day(lake, day: dt.date):
     return None, None
 
 
-def score_rows_local(model, pdf, train_end: dt.date) -> np.ndarray:
+def score_rows_local(model, pdf, train_end: dt.date, lake=None, cfg=None) -> np.ndarray:
     """Score held-out feature rows on the driver; an item uploaded after the training window has
-    an unknown ID, i.e. the masked bucket (the same rule scoring applies to new uploads)."""
+    an unknown ID, i.e. the masked bucket (the same rule scoring applies to new uploads).
+    A PROMO model also needs ``lake`` and ``cfg`` (its rows' pinnacle lists)."""
 
     mask = (pdf["upload_day"].to_numpy() > np.datetime64(train_end)) if len(pdf) else np.zeros(0, bool)
     cat, dense = featurize(pdf, model.spec, mask_item_id=mask)
-    return predict(model, cat, dense)
+    prompt = None
+    if model.spec.promo != "off":
+        if lake is None or cfg is None:
+            raise ValueError("scoring a PROMO ranker needs the lake and config for its pinnacle lists")
+        prompt = promo_training_lists(lake, pdf, cfg)
+    return predict(model, cat, dense, prompt=prompt)
 
 
 RANKING_AUC_ROWS = 100_000
@@ -688,11 +801,12 @@ def ranking_auc(spark, lake, day, cfg, max_rows: int = RANKING_AUC_ROWS) -> dict
     pdf, _ = training_frame(spark, lake, day, day, cfg, max_rows=max_rows, seed=7)
     if len(pdf) == 0:
         return none
-    s = score_rows_local(model, pdf, dt.date.fromisoformat(model.manifest["train_end"]))
+    s = score_rows_local(model, pdf, dt.date.fromisoformat(model.manifest["train_end"]), lake, cfg)
     return auc_per_task(labels_of(pdf), s)
 
 
 __all__ = [
     "training_rows", "scoring_rows", "integrated_score", "integrated_score_np", "theta_expr", "theta_values",
-    "score_in_spark", "scoring_tables", "score_candidates", "auc_per_task", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
+    "score_in_spark", "scoring_tables", "score_candidates", "auc_per_task", "feedback_events", "promo_lists",
+    "promo_training_lists", "promo_scoring_lists", "ranking_auc", "model_for_day", "score_rows_local", "projection_matrix",
 ]

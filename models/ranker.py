@@ -14,6 +14,12 @@ The paper's two training changes are switches of :class:`RankerSpec`:
   (creator's earlier items' rates, sim-weighted rates of S^I(i)). Without EF those columns are
   not fed to the network.
 
+``promo`` ("off", "promo", "m", "t"): PROMO's pinnacle-feedback prompts (:mod:`models.promo`).
+The network then also takes, per row, the item's pinnacle and negative users (or S^I
+pseudo-pinnacle users) as of the row's cutoff (:class:`models.promo.PinnacleLists`): their
+user-ID embeddings pass through the prompt network, are mean-pooled and go into the bottom
+with their dot products with the row's user embedding; the two prompt-enhanced losses join BCE.
+
 Tasks without any positive in a training set are skipped (no loss term, reported); a task never
 trained scores 0. Artefact: ``model.pt`` (state_dict, ``torch.load(weights_only=True)``) +
 ``manifest.json`` (spec, training window, metrics).
@@ -35,6 +41,7 @@ from torch import nn
 from dualrec import artifacts
 from dualrec.hashing import hash_bucket as hash_ids
 from models import torch_threads
+from models.promo import PinnacleLists, PromptNet, masked_mean, pinnacle_loss, popularity_loss
 from models.torch_io import load_state, save_model, state_to_bytes
 from schemas.feedback import RANK_TASKS
 
@@ -93,6 +100,17 @@ class RankerSpec:
     sample_augmentation: bool = True
     extra_features: bool = True
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    promo: str = "off"  # off | promo | m | t
+    promo_k: int = 8
+    promo_negatives: int = 8
+    promo_lambda_pinnacle: float = 0.0
+    promo_lambda_popularity: float = 0.0
+    promo_cold_positives: int = 5
+
+    @property
+    def n_prompt(self) -> int:
+        """Bottom inputs PROMO adds: pooled pinnacle and negative prompts, their dots with the user, 2 flags."""
+        return 0 if self.promo == "off" else 2 * self.emb_dim + 4
 
     @property
     def dense_columns(self) -> list[str]:
@@ -111,6 +129,11 @@ class RankerSpec:
             emb_dim=rank_cfg.emb_dim, hidden=rank_cfg.hidden, sample_augmentation=rank_cfg.sample_augmentation,
             extra_features=rank_cfg.extra_features,
         )
+        pc_ = getattr(rank_cfg, "promo", None)
+        if pc_ is not None and pc_.enabled:
+            kw.update(promo=pc_.variant, promo_k=pc_.k, promo_negatives=pc_.negatives,
+                      promo_lambda_pinnacle=pc_.lambda_pinnacle, promo_lambda_popularity=pc_.lambda_popularity,
+                      promo_cold_positives=pc_.cold_positives)
         kw.update(over)
         return cls(**kw)
 
@@ -225,6 +248,7 @@ class SideArrays:
     item_dense: np.ndarray  # [n_items, len(item_dense_columns)] float32
     user_extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. theta inputs, by user row
     item_extra: dict[str, np.ndarray] = field(default_factory=dict)
+    item_prompt: PinnacleLists | None = None  # PROMO: each item's pinnacle lists at its batch cutoff, by item row
 
     def user_rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each user ID (the unknown-user row when absent)."""
@@ -348,10 +372,47 @@ def augment(cat: np.ndarray, dense: np.ndarray, labels: np.ndarray, fresh: dict[
     masked[:, ITEM_ID_POS] = 0
     d2 = dense.copy()
     if fresh:
-        rows = np.random.default_rng(seed).random(len(d2)) < fresh_share
+        rows = fresh_rows(len(d2), fresh_share, seed)
         for col, v in fresh.items():
             d2[rows, col] = v
     return np.concatenate([cat, masked]), np.concatenate([dense, d2]), np.concatenate([labels, labels])
+
+
+def fresh_rows(n: int, share: float, seed: int) -> np.ndarray:
+    """The SA copies that also read as "no exposure yet" (the same draw for features and PROMO lists)."""
+    return np.random.default_rng(seed).random(n) < share
+
+
+@dataclass
+class PromptBatch:
+    """PROMO inputs of a batch as tensors: hashed user buckets (0 = padding) and their masks."""
+
+    pos: torch.Tensor  # [B, k] int64
+    pos_mask: torch.Tensor  # [B, k] bool
+    neg: torch.Tensor  # [B, n] int64
+    neg_mask: torch.Tensor  # [B, n] bool
+    flags: torch.Tensor  # [B, 2] float: has own pinnacle users, uses pseudo-pinnacle users
+    cold: torch.Tensor  # [B] bool: at most cold_positives positive users so far
+
+
+def prompt_arrays(lists: PinnacleLists, spec: "RankerSpec") -> dict[str, np.ndarray]:
+    """NumPy form of :class:`PromptBatch` for all rows: own pinnacle users, else the pseudo ones."""
+    own = (lists.pos >= 0).any(1)
+    users = np.where(own[:, None], lists.pos, lists.pseudo)
+    pseudo = ~own & (lists.pseudo >= 0).any(1)
+
+    def buckets(u):
+        return np.where(u >= 0, hash_bucket(np.maximum(u, 0), spec.id_buckets, 17), 0).astype(np.int64)
+
+    return {"pos": buckets(users), "pos_mask": users >= 0, "neg": buckets(lists.neg), "neg_mask": lists.neg >= 0,
+            "flags": np.stack([own, pseudo], 1).astype(np.float32), "cold": lists.n_pos <= spec.promo_cold_positives}
+
+
+def prompt_batch(arrs: dict[str, np.ndarray] | None, idx=None) -> PromptBatch | None:
+    if arrs is None:
+        return None
+    sel = (lambda a: a) if idx is None else (lambda a: a[idx])
+    return PromptBatch(**{k: torch.from_numpy(np.ascontiguousarray(sel(v))) for k, v in arrs.items()})
 
 
 def fresh_item_values(spec: "RankerSpec", labels: np.ndarray) -> dict[int, float]:
@@ -388,7 +449,15 @@ class MultiTaskRanker(nn.Module):
             nn.init.normal_(e.weight, std=0.01)
         self.small = nn.Embedding(len(SMALL_CAT_COLS) * spec.cat_buckets, CAT_DIM)
         nn.init.normal_(self.small.weight, std=0.05)
-        n_in = len(ID_COLS) * spec.emb_dim + len(SMALL_CAT_COLS) * CAT_DIM + spec.n_dense
+        n_in = len(ID_COLS) * spec.emb_dim + len(SMALL_CAT_COLS) * CAT_DIM + spec.n_dense + spec.n_prompt
+        if spec.promo != "off":
+            self.prompt_net = PromptNet(spec.promo, spec.emb_dim, item_in=spec.emb_dim + spec.profile_dim)
+            if spec.promo == "promo":
+                # the item's own prompt embedding ("independent sets of embeddings" per item), masked bucket 0 for new items
+                self.item_prompt = nn.Embedding(spec.id_buckets, spec.emb_dim, sparse=True)
+                nn.init.normal_(self.item_prompt.weight, std=0.01)
+            cols = spec.dense_columns
+            self._i_proj = cols.index("i_proj_0")
         self.bottom = nn.Sequential(nn.Linear(n_in, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, spec.hidden), nn.ReLU())
         self.towers = nn.ModuleList(
             [nn.Sequential(nn.Linear(spec.hidden, spec.hidden // 2), nn.ReLU(), nn.Linear(spec.hidden // 2, 1)) for _ in spec.tasks]
@@ -409,13 +478,39 @@ class MultiTaskRanker(nn.Module):
             for t, r in zip(self.towers, rate):
                 t[-1].bias.fill_(float(np.log(r / (1 - r))))
 
-    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def sparse_tables(self) -> list[nn.Embedding]:
+        """The hashed-ID tables trained with SparseAdam."""
+        return [*self.ids, *([self.item_prompt] if hasattr(self, "item_prompt") else [])]
+
+    def bottom_input(self, cat: torch.Tensor, dense: torch.Tensor, prompt: PromptBatch | None = None,
+                     aux: dict | None = None) -> torch.Tensor:
+        """The bottom MLP's input; with PROMO also the prompt features (``aux`` receives the
+        per-user prompt outputs for the pinnacle loss)."""
         n = cat.shape[0]
         parts = [e(cat[:, k]) for k, e in enumerate(self.ids)]
         parts.append(self.small(cat[:, len(ID_COLS):]).reshape(n, -1))
         # clipped: a feature far outside the training range must not blow the logits up
-        parts.append(((dense - self.dense_mean) / self.dense_std).clamp(-6.0, 6.0))
-        h = self.bottom(torch.cat(parts, dim=1))
+        nd = ((dense - self.dense_mean) / self.dense_std).clamp(-6.0, 6.0)
+        parts.append(nd)
+        if self.spec.promo != "off":
+            if prompt is None:
+                raise ValueError("a PROMO ranker needs its pinnacle-user inputs (prompt)")
+            z = None
+            if self.spec.promo == "promo":
+                p0 = self._i_proj
+                z = torch.cat([self.item_prompt(cat[:, ITEM_ID_POS]), nd[:, p0 : p0 + self.spec.profile_dim]], 1)
+            h_pos = self.prompt_net(self.ids[0](prompt.pos), z)
+            h_neg = self.prompt_net(self.ids[0](prompt.neg), z)
+            P, N = masked_mean(h_pos, prompt.pos_mask), masked_mean(h_neg, prompt.neg_mask)
+            u = parts[0]
+            parts += [P, N, (u * P).sum(1, keepdim=True), (u * N).sum(1, keepdim=True), prompt.flags]
+            if aux is not None:
+                aux.update(h_pos=h_pos, h_neg=h_neg)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor, prompt: PromptBatch | None = None,
+                aux: dict | None = None) -> torch.Tensor:
+        h = self.bottom(self.bottom_input(cat, dense, prompt, aux))
         return torch.cat([t(h) for t in self.towers], dim=1)
 
 
@@ -435,6 +530,7 @@ def train_ranker(
     seed: int,
     cold_start: bool = True,
     threads: int | None = 1,
+    prompt: PinnacleLists | None = None,
 ) -> dict[str, Any]:
     """Train in place; returns epoch losses, skipped tasks (no positives) and row counts.
 
@@ -449,13 +545,24 @@ def train_ranker(
     skipped = [t for t, a in zip(spec.tasks, active) if not a]
     if skipped:
         log.warning("ranker: task(s) without positives in the training window are skipped: %s", skipped)
+    if spec.promo != "off" and prompt is None:
+        raise ValueError("a PROMO ranker trains on pinnacle-user inputs: pass prompt=PinnacleLists")
     if spec.sample_augmentation:
-        cat, dense, labels = augment(cat, dense, labels, fresh_item_values(spec, labels), seed=seed)
+        fresh = fresh_item_values(spec, labels)
+        if prompt is not None:
+            prompt = PinnacleLists.concat([prompt, prompt.fresh(fresh_rows(n_orig, 0.5, seed) if fresh else
+                                                               np.zeros(n_orig, bool))])
+        cat, dense, labels = augment(cat, dense, labels, fresh, seed=seed)
+    parr = prompt_arrays(prompt, spec) if (prompt is not None and spec.promo != "off") else None
     if cold_start:
         model.fit_normalizer(dense)
         model.set_base_rates(labels)
     report: dict[str, Any] = {"rows": int(n_orig), "train_rows": int(len(cat)), "skipped_tasks": skipped,
                               "positives": {t: int(p) for t, p in zip(spec.tasks, pos)}, "epoch_loss": []}
+    if parr is not None:
+        report["promo"] = {"variant": spec.promo, "rows_own_pinnacle": int(parr["flags"][:n_orig, 0].sum()),
+                           "rows_pseudo_pinnacle": int(parr["flags"][:n_orig, 1].sum()),
+                           "rows_cold": int(parr["cold"][:n_orig].sum()), "epoch_terms": []}
     if not active.any() or len(cat) == 0:
         report["note"] = "no task has positives: nothing trained"
         return report
@@ -463,7 +570,7 @@ def train_ranker(
         torch.set_num_threads(torch_threads(threads))  # (spinning threads on shared cores: see models/__init__)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    sparse = [p for e in model.ids for p in e.parameters()]
+    sparse = [p for e in model.sparse_tables() for p in e.parameters()]
     sparse_ids = {id(p) for p in sparse}
     opts = [torch.optim.Adam([p for p in model.parameters() if id(p) not in sparse_ids], lr=lr),
             torch.optim.SparseAdam(sparse, lr=lr)]
@@ -474,11 +581,17 @@ def train_ranker(
     for epoch in range(epochs):
         perm = torch.randperm(len(cat), generator=g)
         total, seen = 0.0, 0
+        terms_sum = np.zeros(2)
         for s in range(0, len(perm), batch_size):
             idx = perm[s : s + batch_size]
-            logits = model(cat_t[idx], dense_t[idx])
+            pb = prompt_batch(parr, idx.numpy()) if parr is not None else None
+            aux: dict = {}
+            logits = model(cat_t[idx], dense_t[idx], pb, aux)
             per_task = bce(logits, y_t[idx]).mean(0)
             loss = (per_task * act).sum() / act.sum()
+            if pb is not None:
+                loss, terms = promo_loss(loss, spec, logits, y_t[idx], pb, aux, act)
+                terms_sum += np.array(terms) * len(idx)
             for o in opts:
                 o.zero_grad()
             loss.backward()
@@ -487,11 +600,30 @@ def train_ranker(
             total += loss.item() * len(idx)
             seen += len(idx)
         report["epoch_loss"].append(round(total / max(seen, 1), 6))
+        if parr is not None:
+            report["promo"]["epoch_terms"].append([round(float(x) / max(seen, 1), 6) for x in terms_sum])
         log.info("ranker epoch %d: loss %.5f (%d rows)", epoch, report["epoch_loss"][-1], seen)
     with torch.no_grad():
         model.task_trained.copy_(torch.maximum(model.task_trained, act))
     model.eval()
     return report
+
+
+def promo_loss(bce_loss: torch.Tensor, spec: RankerSpec, logits, labels, pb: PromptBatch, aux: dict, active
+               ) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Eq. 13: L = L_bce + lambda1 * L_pinnacle + lambda2 * L_popularity (a term with weight 0 is not
+    computed at all, so switching it off gives exactly the BCE-only gradient). PROMO-T has no
+    prompt network, so no pinnacle loss. Returns (loss, (pinnacle term, popularity term))."""
+    loss, t_pin, t_pop = bce_loss, 0.0, 0.0
+    if spec.promo_lambda_pinnacle > 0 and spec.promo != "t":
+        lp = pinnacle_loss(aux["h_pos"], pb.pos_mask, aux["h_neg"], pb.neg_mask)
+        loss = loss + spec.promo_lambda_pinnacle * lp
+        t_pin = float(lp.detach())
+    if spec.promo_lambda_popularity > 0:
+        lq = popularity_loss(logits, labels, pb.cold, active)
+        loss = loss + spec.promo_lambda_popularity * lq
+        t_pop = float(lq.detach())
+    return loss, (t_pin, t_pop)
 
 
 def _fused_towers(model: MultiTaskRanker) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -512,8 +644,11 @@ def _fused_towers(model: MultiTaskRanker) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 @torch.inference_mode()
-def predict(model: MultiTaskRanker, cat: np.ndarray, dense: np.ndarray, batch_rows: int = 8192) -> np.ndarray:
+def predict(model: MultiTaskRanker, cat: np.ndarray, dense: np.ndarray, batch_rows: int = 8192,
+            prompt: PinnacleLists | None = None) -> np.ndarray:
     """Probabilities [n, M]; a task the model never trained on scores 0.
+
+    A PROMO model needs ``prompt`` (the rows' pinnacle lists as of their cutoffs).
 
     The towers run fused (:func:`_fused_towers`): one GEMM instead of 2M small ones per batch.
     """
@@ -522,14 +657,13 @@ def predict(model: MultiTaskRanker, cat: np.ndarray, dense: np.ndarray, batch_ro
     w1, b1, w2, b2 = _fused_towers(model)
     trained = model.task_trained[None, :]
     out = np.empty((len(cat), n_tasks), np.float32)
+    parr = prompt_arrays(prompt, model.spec) if (prompt is not None and model.spec.promo != "off") else None
     for s in range(0, len(cat), batch_rows):
         c = torch.from_numpy(np.ascontiguousarray(cat[s : s + batch_rows]))
         d = torch.from_numpy(np.ascontiguousarray(dense[s : s + batch_rows]))
         n = c.shape[0]
-        parts = [e(c[:, k]) for k, e in enumerate(model.ids)]
-        parts.append(model.small(c[:, len(ID_COLS):]).reshape(n, -1))
-        parts.append(((d - model.dense_mean) / model.dense_std).clamp(-6.0, 6.0))
-        h = model.bottom(torch.cat(parts, dim=1))
+        pb = prompt_batch(parr, slice(s, s + batch_rows)) if parr is not None else None
+        h = model.bottom(model.bottom_input(c, d, pb))
         logits = torch.addmm(b2, torch.addmm(b1, h, w1).relu_(), w2)
         out[s : s + n] = (torch.sigmoid(logits) * trained).numpy()
     return out
@@ -568,5 +702,6 @@ def load_ranker(lake, day) -> MultiTaskRanker:
 __all__ = [
     "TASKS", "RankerSpec", "MultiTaskRanker", "featurize", "labels_of", "augment", "fresh_item_values", "new_model", "train_ranker",
     "predict", "save_ranker", "load_ranker", "model_to_bytes", "model_from_bytes", "input_columns", "hash_bucket",
-    "SideArrays", "side_arrays", "featurize_pairs", "user_table_columns", "item_table_columns",
+    "SideArrays", "side_arrays", "featurize_pairs", "user_table_columns", "item_table_columns", "promo_loss",
+    "prompt_arrays", "PromptBatch",
 ]

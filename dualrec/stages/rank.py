@@ -25,6 +25,8 @@ from dualrec.lake import Lake, LakeError
 from dualrec.ranking import (
     THETA_INPUTS,
     model_for_day,
+    promo_scoring_lists,
+    promo_training_lists,
     release,
     score_candidates,
     scoring_tables,
@@ -113,9 +115,10 @@ def train(ctx: StageContext) -> dict:
     t0 = time.time()
     cat, dense = featurize(pdf, spec)
     y = labels_of(pdf)
+    prompt = promo_training_lists(lake, pdf, cfg) if spec.promo != "off" else None
     model = prev if warm else new_model(spec, ctx.seed("rank_init"))
     report = train_ranker(model, cat, dense, y, cfg.rank.epochs, cfg.rank.batch_size, cfg.rank.lr,
-                          ctx.seed("rank_train"), cold_start=not warm, threads=cfg.rank.torch_threads)
+                          ctx.seed("rank_train"), cold_start=not warm, threads=cfg.rank.torch_threads, prompt=prompt)
     torch_seconds = round(time.time() - t0, 3)
     manifest = {
         "train_start": str(start), "train_end": str(end), "warm_start_from": str(prev_day) if warm else None,
@@ -147,6 +150,11 @@ def score(ctx: StageContext, model) -> dict:
         release(cached)
     tables_seconds = round(time.time() - t0, 3)
     side = side_arrays(users, items, model.spec, user_extra=THETA_INPUTS)
+    if model.spec.promo != "off":
+        # each item's pinnacle lists at its batch cutoff (feedback of D before it, or S^I pseudo users)
+        ib = cand.select("item_id", "batch").distinct().toArrow()
+        side.item_prompt = promo_scoring_lists(lake, day, side.item_ids, (ib.column("item_id").to_numpy(),
+                                                                           ib.column("batch").to_numpy()), cfg)
     scored = score_candidates(cand, side, model, cfg.rank.beta, cfg.rank.theta_prior_strength, g["explicit"],
                               cfg.rank.score_batch_rows)
     out = scored.select("batch", "item_id", "user_id", "channels", *[f"s_{t}" for t in TASKS], "theta", "g")

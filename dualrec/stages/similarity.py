@@ -77,6 +77,19 @@ def build_item_index(ctx: StageContext):
     return index, upload_us, vecs, ids, is_day
 
 
+def write_item_similar(ctx: StageContext):
+    """S^I alone: build the item content index and publish ``item_similar`` dt=D.
+
+    Why separate: the ranker's similar-items features (EF) need S^I of every upload day of its
+    training window, while H^I and S^U need the day's two-tower user index; the ranking ablation
+    backfills S^I for past days without retraining the two-tower model.
+    Returns (index, upload_us, vecs, ids, is_day, item_similar table)."""
+    index, upload_us, vecs, ids, is_day = build_item_index(ctx)
+    sim = similar_items(index, upload_us, ids[is_day], vecs[is_day], upload_us[is_day], ctx.cfg.similarity.item_k)
+    ctx.lake.write_table("item_similar", ctx.day, sim)
+    return index, upload_us, vecs, ids, is_day, sim
+
+
 def run(ctx: StageContext) -> dict:
     """Build the item content index and write item_similar, item_positive_users and user_similar for D."""
     from pyspark.sql import functions as F
@@ -94,9 +107,7 @@ def run(ctx: StageContext) -> dict:
     user_index = load_index(lake, "user_index", day)  # fails clearly before anything is published
 
     # S^I
-    index, upload_us, vecs, ids, is_day = build_item_index(ctx)
-    sim = similar_items(index, upload_us, ids[is_day], vecs[is_day], upload_us[is_day], scfg.item_k)
-    lake.write_table("item_similar", day, sim)
+    index, upload_us, vecs, ids, is_day, sim = write_item_similar(ctx)
 
     # H^I
     window = date_range(day - dt.timedelta(days=scfg.item_window_days - 1), day)
