@@ -39,8 +39,27 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dualrec.channels import default_channels  # noqa: E402
+from dualrec.channels.base import with_cutoff  # noqa: E402
+from dualrec.channels.i2u2u import i2u2u_scores, item_seeds  # noqa: E402
+from dualrec.channels.next_user import (  # noqa: E402
+    fit,
+    item_arrays,
+    positive_sequences,
+    train,
+    training_inputs,
+    user_table,
+)
+from dualrec.channels.two_tower import search_candidates  # noqa: E402
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig  # noqa: E402
+from dualrec.evaluation import evaluate, get_path  # noqa: E402
 from dualrec.lake import Lake, parse_date  # noqa: E402
+from dualrec.stages.base import StageContext, run_stage  # noqa: E402
+from dualrec.stages.retrieve import day_items  # noqa: E402
+from dualrec.synth.truth import Truth  # noqa: E402
+from models.ann import load_index  # noqa: E402
+from models.next_user import generate, sum_pool  # noqa: E402
+from models.two_tower import item_embeddings, load_two_tower  # noqa: E402
 
 log = logging.getLogger("next_user_ablation")
 
@@ -60,6 +79,13 @@ VARIANTS = {
     "w/o [CLS]": {"cls_token": False},
     "w/o causal mask": {"causal": False},
 }
+WITH_WITHOUT_PATHS = (
+    "retrieval.truth_recall", "retrieval.candidates_per_item", "dispatch.channel_share", "dispatch.channel_share_any",
+    "quality.expected_feedback", "quality.expected_feedback_optimum", "quality.feedback_per_pair", "quality.recall_at_l",
+    "quality.truth_recall_dispatched", "quality.items_reaching_feedback", "dispatch.items_covered", "dispatch.items",
+    "dispatch.users_matched",
+)
+"""Figures of ``evaluate`` that ``--with-without`` reports for each arm."""
 
 
 def ensure_prereqs(lake: Lake, day: dt.date, world_from: str | None) -> None:
@@ -71,8 +97,6 @@ def ensure_prereqs(lake: Lake, day: dt.date, world_from: str | None) -> None:
             "similarity": lake.has_partition("user_similar", day)}
     todo = [s for s, ok in need.items() if not ok]
     if todo:
-        from dualrec.stages.base import StageContext, run_stage
-
         ctx = StageContext(lake, day, bench_cfg())
         for st in ("activity", "two_tower", "similarity"):
             if st in todo or (st == "similarity" and "two_tower" in todo):
@@ -114,16 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-    from dualrec.channels.base import with_cutoff
-    from dualrec.channels.i2u2u import i2u2u_scores, item_seeds
-    from dualrec.channels.next_user import item_arrays, positive_sequences, training_inputs, user_table
-    from dualrec.channels.two_tower import search_candidates
-    from dualrec.stages.base import StageContext
-    from dualrec.synth.truth import Truth
-    from models.ann import load_index
-    from models.next_user import generate, sum_pool
-    from models.two_tower import item_embeddings, load_two_tower
-
     lake, day = Lake(args.lake), parse_date(args.date)
     nxt = day + dt.timedelta(days=1)
     ensure_prereqs(lake, day, args.world_from)
@@ -143,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.time()
 
     # ------------------------------------------------------------------ the day's items and what each may see
-    from dualrec.stages.retrieve import day_items
-
     items_df = with_cutoff(day_items(ctx), day, cfg.dispatch.batches_per_day).cache()
     item_t = items_df.select("item_id", "creator_id", "category", "duration_ms", "content_emb").orderBy("item_id").toArrow()
     ids = item_t.column("item_id").to_numpy()
@@ -191,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items"))
     seconds["training_inputs"] = round(time.time() - t0, 1)
-    from dualrec.channels.next_user import fit
-
     train_info = {}
     for name in [v for v in args.variants.split(",") if v]:
         t0 = time.time()
@@ -209,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     seconds["sum-pooled lookalike"] = round(time.time() - t0, 1)
 
     t0 = time.time()
-    from pyspark.sql import functions as F
-
     avail_df = spark.createDataFrame(pd.DataFrame({"user_id": avail}))
     seeds = item_seeds(items_df, pos_df)
     i2 = i2u2u_scores(seeds, lake.read_df(spark, "user_similar", [day], with_dt=False), avail_df, K).toPandas()
@@ -222,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     tt = load_two_tower(lake, day)
     record("two_tower (reference)", topk(item_embeddings(tt, item_t)))
     seconds["two_tower (reference)"] = round(time.time() - t0, 1)
-    del F
 
     out = {
         "lake": lake.root, "date": day.isoformat(), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
@@ -240,14 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def with_without(lake: Lake, day: dt.date, seed: int) -> dict:
     """The day's pipeline after retrieval, without and with next_user (same ranker seed and caps)."""
-    from dualrec.channels import default_channels
-    from dualrec.channels.next_user import train
-    from dualrec.metrics import evaluate, get_path
-    from dualrec.stages.base import StageContext, run_stage
-
-    paths = ["retrieval.truth_recall", "dispatch.channel_share", "quality.expected_feedback", "quality.feedback_per_pair",
-             "quality.recall_at_l", "quality.truth_recall_dispatched", "dispatch.items_covered", "dispatch.items",
-             "retrieval.candidates_per_item"]
+    paths = WITH_WITHOUT_PATHS
     out: dict = {"date": day.isoformat()}
     for label, chans in (("without", default_channels()), ("with", [*default_channels(), "next_user"])):
         cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
