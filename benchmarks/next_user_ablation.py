@@ -121,6 +121,13 @@ def recall_tables(found: dict[int, np.ndarray], items: np.ndarray, true_top: dic
     return out
 
 
+def most_active(activity: pd.DataFrame, avail: np.ndarray, k: int) -> np.ndarray:
+    """The k available users with the highest ``p_active`` (ties: lower user_id first)."""
+    a = activity[activity["user_id"].isin(avail)]
+    a = a.sort_values(["p_active", "user_id"], ascending=[False, True], kind="stable")
+    return a["user_id"].to_numpy(np.int64)[:k]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lake", required=True)
@@ -200,11 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s", name, results[name]["all"])
 
     # ------------------------------------------------------------------ next_user variants
+    variants = [v for v in args.variants.split(",") if v]  # --variants "" : baselines only
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
     t0 = time.time()
-    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items"))
+    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items")) if variants else {"items": None, "window": None}
     seconds["training_inputs"] = round(time.time() - t0, 1)
     train_info = {}
-    for name in [v for v in args.variants.split(",") if v]:
+    for name in variants:
         t0 = time.time()
         model, metrics = fit(train_in, cfg, ctx.seed("next_user.train"), None, lake.emb_dim(), **VARIANTS[name])
         emb = generate(model, item_arrays(item_t, model.spec), [s[-model.spec.max_seq:] for s in seqs], users_all)
@@ -230,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     tt = load_two_tower(lake, day)
     record("two_tower (reference)", topk(item_embeddings(tt, item_t)))
     seconds["two_tower (reference)"] = round(time.time() - t0, 1)
+
+    # the same list for every item: the available users by predicted activity. The truth is
+    # P(active on D+1) x feedback, so this shows how much of a truth top-K is activity alone.
+    act = lake.read_table("activity_scores", day).select(["user_id", "p_active"]).to_pandas()
+    record("most active users (reference)", {int(i): most_active(act, avail, K) for i in ids})
 
     out = {
         "lake": lake.root, "date": day.isoformat(), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),

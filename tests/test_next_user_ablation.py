@@ -28,3 +28,11 @@ def test_recall_tables_truth_is_over_k_and_logged_over_positives():
     # logged@2: item1 {10,11} hits 11 of {11,60} = 1/2, item3 0/1
     assert r["logged@2"] == pytest.approx((0.5 + 0.0) / 2)
     assert B.recall_tables(found, np.array([2]), true_top, positives, (2,))["logged@2"] is None
+
+
+def test_most_active_reference_keeps_only_available_users_by_p_active():
+    import pandas as pd
+
+    act = pd.DataFrame({"user_id": [1, 2, 3, 4, 5], "p_active": [0.9, 0.95, 0.5, 0.9, 0.99]})
+    got = B.most_active(act, np.array([1, 2, 3, 4]), 3)  # user 5 is not available
+    assert got.tolist() == [2, 1, 4]
