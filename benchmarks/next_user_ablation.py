@@ -121,6 +121,14 @@ def recall_tables(found: dict[int, np.ndarray], items: np.ndarray, true_top: dic
     return out
 
 
+def eval_sample(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded random subset of ``n`` of ``ids`` (sorted; all of them when there are at most n)."""
+    ids = np.sort(np.asarray(ids, np.int64))
+    if len(ids) <= n:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
+
+
 def most_active(activity: pd.DataFrame, avail: np.ndarray, k: int) -> np.ndarray:
     """The k available users with the highest ``p_active`` (ties: lower user_id first)."""
     a = activity[activity["user_id"].isin(avail)]
@@ -136,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override next_user.epochs")
     ap.add_argument("--samples-per-item", type=int, default=None)
     ap.add_argument("--max-train-items", type=int, default=None)
+    ap.add_argument("--eval-items", type=int, default=None,
+                    help="evaluate a seeded random sample of at most this many of D's items (cost cap on medium)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of next_user variants to train")
     ap.add_argument("--seed", type=int, default=0, help="config seed (training seeds derive from it)")
     ap.add_argument("--with-without", action="store_true",
@@ -164,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.time()
 
     # ------------------------------------------------------------------ the day's items and what each may see
-    items_df = with_cutoff(day_items(ctx), day, cfg.dispatch.batches_per_day).cache()
+    items_df = with_cutoff(day_items(ctx), day, cfg.dispatch.batches_per_day)
+    n_day_items = items_df.count()
+    if args.eval_items and n_day_items > args.eval_items:
+        all_ids = np.sort(np.asarray(items_df.select("item_id").toPandas()["item_id"], np.int64))
+        keep = eval_sample(all_ids, args.eval_items, ctx.seed("next_user_ablation.eval_items"))
+        items_df = items_df.where(items_df.item_id.isin([int(i) for i in keep]))
+    items_df = items_df.cache()
     item_t = items_df.select("item_id", "creator_id", "category", "duration_ms", "content_emb").orderBy("item_id").toArrow()
     ids = item_t.column("item_id").to_numpy()
     pos_df = lake.read_df(spark, "item_positive_users", [day], with_dt=False)
@@ -248,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     record("most active users (reference)", {int(i): most_active(act, avail, K) for i in ids})
 
     out = {
-        "lake": lake.root, "date": day.isoformat(), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
+        "lake": lake.root, "date": day.isoformat(), "day_items": int(n_day_items), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
         "available_users": int(len(avail)), "items_with_logged_positive": len(positives),
         "next_user_config": {k: v for k, v in cfg.next_user.__dict__.items()},
         "train_items": train_in["items"].num_rows if train_in["items"] is not None else 0,

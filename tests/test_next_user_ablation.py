@@ -36,3 +36,11 @@ def test_most_active_reference_keeps_only_available_users_by_p_active():
     act = pd.DataFrame({"user_id": [1, 2, 3, 4, 5], "p_active": [0.9, 0.95, 0.5, 0.9, 0.99]})
     got = B.most_active(act, np.array([1, 2, 3, 4]), 3)  # user 5 is not available
     assert got.tolist() == [2, 1, 4]
+
+
+def test_eval_sample_is_seeded_sorted_and_a_subset():
+    ids = np.arange(100, 200)
+    a, b = B.eval_sample(ids, 10, 7), B.eval_sample(ids[::-1], 10, 7)
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 10 and set(a.tolist()) <= set(ids.tolist())
+    assert np.all(np.diff(a) > 0)
+    assert B.eval_sample(ids, 500, 7).tolist() == ids.tolist()
