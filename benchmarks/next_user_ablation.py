@@ -221,23 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                          "no_positive": recall_tables(found, ids[~has_pos], true_top, positives, ks),
                          "items_with_candidates": int(sum(1 for i in ids if len(found.get(int(i), [])) > 0))}
         log.info("%s: %s", name, results[name]["all"])
-
-    # ------------------------------------------------------------------ next_user variants
-    variants = [v for v in args.variants.split(",") if v]  # --variants "" : baselines only
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        ap.error(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
-    t0 = time.time()
-    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items")) if variants else {"items": None, "window": None}
-    seconds["training_inputs"] = round(time.time() - t0, 1)
-    train_info = {}
-    for name in variants:
-        t0 = time.time()
-        model, metrics = fit(train_in, cfg, ctx.seed("next_user.train"), None, lake.emb_dim(), **VARIANTS[name])
-        emb = generate(model, item_arrays(item_t, model.spec), [s[-model.spec.max_seq:] for s in seqs], users_all)
-        record(name, topk(emb))
-        seconds[name] = round(time.time() - t0, 1)
-        train_info[name] = {"train_items": metrics.get("items"), "epoch_loss": metrics.get("epoch_loss")}
+        if args.json:  # partial figures survive a run stopped for the deadline
+            Path(args.json).write_text(json.dumps({"partial": True, "results": results, "seconds": seconds}, indent=2, default=str))
 
     # ------------------------------------------------------------------ baselines
     t0 = time.time()
@@ -262,6 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     # P(active on D+1) x feedback, so this shows how much of a truth top-K is activity alone.
     act = lake.read_table("activity_scores", day).select(["user_id", "p_active"]).to_pandas()
     record("most active users (reference)", {int(i): most_active(act, avail, K) for i in ids})
+
+    # ------------------------------------------------------------------ next_user variants
+    variants = [v for v in args.variants.split(",") if v]  # --variants "" : baselines only
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
+    t0 = time.time()
+    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items")) if variants else {"items": None, "window": None}
+    seconds["training_inputs"] = round(time.time() - t0, 1)
+    train_info = {}
+    for name in variants:
+        t0 = time.time()
+        model, metrics = fit(train_in, cfg, ctx.seed("next_user.train"), None, lake.emb_dim(), **VARIANTS[name])
+        emb = generate(model, item_arrays(item_t, model.spec), [s[-model.spec.max_seq:] for s in seqs], users_all)
+        record(name, topk(emb))
+        seconds[name] = round(time.time() - t0, 1)
+        train_info[name] = {"train_items": metrics.get("items"), "epoch_loss": metrics.get("epoch_loss")}
 
     out = {
         "lake": lake.root, "date": day.isoformat(), "day_items": int(n_day_items), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
@@ -304,7 +306,9 @@ def markdown(out: dict) -> str:
     base = out["results"].get("next_user", {}).get("all", {})
     lines = ["| variant | truth R@20 | truth R@50 | logged R@20 | logged R@50 | truth R@50, items w/o positive | "
              "rel. R@20 vs next_user (truth) | paper Table 1 R@20 / R@50 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in out["results"].items():
+    order = [*[v for v in VARIANTS if v in out["results"]], *[v for v in out["results"] if v not in VARIANTS]]
+    for name in order:
+        r = out["results"][name]
         a = r["all"]
         rel = (a["truth@20"] / base["truth@20"] - 1) if base.get("truth@20") and name != "next_user" else None
         p = PAPER_TABLE1.get(name)
