@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world-from", help="lake whose input tables are hard-linked in when --lake is empty")
     ap.add_argument("--epochs", type=int, default=None, help="override next_user.epochs")
     ap.add_argument("--samples-per-item", type=int, default=None)
+    ap.add_argument("--train-window-days", type=int, default=None, help="override next_user.train_window_days")
     ap.add_argument("--max-train-items", type=int, default=None)
     ap.add_argument("--eval-items", type=int, default=None,
                     help="evaluate a seeded random sample of at most this many of D's items (cost cap on medium)")
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         return 0
     over = {k: v for k, v in {"epochs": args.epochs, "samples_per_item": args.samples_per_item,
-                              "max_train_items": args.max_train_items}.items() if v is not None}
+                              "max_train_items": args.max_train_items,
+                              "train_window_days": args.train_window_days}.items() if v is not None}
     cfg = bench_cfg(args.seed, **over)
     ctx = StageContext(lake, day, cfg)
     spark = ctx.spark
