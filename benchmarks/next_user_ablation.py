@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead: run retrieve, rank, dispatch and evaluate for D without and with the next_user channel")
     ap.add_argument("--reuse-without", action="store_true",
                     help="with --with-without: evaluate the lake's existing (default-channel) day outputs as the 'without' arm")
+    ap.add_argument("--with-from", choices=("retrieve", "rank", "dispatch"), default="retrieve",
+                    help="with --with-without: resume the 'with' arm at this stage (after an interrupted run)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     nxt = day + dt.timedelta(days=1)
     ensure_prereqs(lake, day, args.world_from)
     if args.with_without:
-        out = with_without(lake, day, args.seed, args.reuse_without)
+        out = with_without(lake, day, args.seed, args.reuse_without, args.with_from)
         print(json.dumps(out, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
@@ -283,23 +285,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def with_without(lake: Lake, day: dt.date, seed: int, reuse_without: bool = False) -> dict:
+def with_without(lake: Lake, day: dt.date, seed: int, reuse_without: bool = False, with_from: str = "retrieve") -> dict:
     """The day's pipeline after retrieval, without and with next_user (same ranker seed and caps).
 
     ``reuse_without``: the "without" arm evaluates the day outputs already in the lake (they must
     come from a default-channel run, e.g. a hard-link copy of a benchmark day) instead of rerunning
     retrieve, rank and dispatch: half the cost, at the price of not checking that a rerun agrees.
+    ``with_from`` (rank or dispatch): the "with" arm resumes at that stage on the lake's outputs of an
+    interrupted "with" arm (the next_user artefact and the earlier stages' outputs must be there).
     """
+    steps = ("retrieve", "rank", "dispatch")
     paths = WITH_WITHOUT_PATHS
     out: dict = {"date": day.isoformat(), "without_reused": reuse_without}
     for label, chans in (("without", default_channels()), ("with", [*default_channels(), "next_user"])):
         cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
         ctx = StageContext(lake, day, cfg)
         t0 = time.time()
-        if "next_user" in chans:  # what the similarity stage runs when the channel is enabled
+        todo = steps[steps.index(with_from):] if label == "with" else (() if reuse_without else steps)
+        if "next_user" in chans and with_from == "retrieve":  # what the similarity stage runs when the channel is enabled
             out["next_user_training"] = train(ctx)
-        rerun = label == "with" or not reuse_without
-        stages = {st: run_stage(st, None, ctx).get("seconds") for st in ("retrieve", "rank", "dispatch")} if rerun else "reused"
+        stages = {st: run_stage(st, None, ctx).get("seconds") for st in todo} if todo else "reused"
+        if label == "with" and with_from != "retrieve":
+            stages = {**stages, "resumed_from": with_from}
         m = evaluate(lake, day, cfg, spark=ctx.spark)
         row = {}
         for p in paths:
