@@ -292,12 +292,16 @@ def with_without(lake: Lake, day: dt.date, seed: int, reuse_without: bool = Fals
     come from a default-channel run, e.g. a hard-link copy of a benchmark day) instead of rerunning
     retrieve, rank and dispatch: half the cost, at the price of not checking that a rerun agrees.
     ``with_from`` (rank or dispatch): the "with" arm resumes at that stage on the lake's outputs of an
-    interrupted "with" arm (the next_user artefact and the earlier stages' outputs must be there).
+    interrupted "with" arm (the next_user artefact and the earlier stages' outputs must be there);
+    only the "with" arm is then reported (take "without" from the interrupted run's log).
     """
     steps = ("retrieve", "rank", "dispatch")
     paths = WITH_WITHOUT_PATHS
     out: dict = {"date": day.isoformat(), "without_reused": reuse_without}
-    for label, chans in (("without", default_channels()), ("with", [*default_channels(), "next_user"])):
+    arms = (("without", default_channels()), ("with", [*default_channels(), "next_user"]))
+    if with_from != "retrieve":  # the lake holds the interrupted "with" arm's candidates: "without" cannot be evaluated
+        arms = arms[1:]
+    for label, chans in arms:
         cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
         ctx = StageContext(lake, day, cfg)
         t0 = time.time()
