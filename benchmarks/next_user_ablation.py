@@ -55,6 +55,7 @@ from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig  # noqa: E402
 from dualrec.evaluation import evaluate, get_path  # noqa: E402
 from dualrec.lake import Lake, parse_date  # noqa: E402
 from dualrec.stages.base import StageContext, run_stage  # noqa: E402
+from dualrec.stages.rank import model_for_day, score  # noqa: E402
 from dualrec.stages.retrieve import day_items  # noqa: E402
 from dualrec.synth.truth import Truth  # noqa: E402
 from models.ann import load_index  # noqa: E402
@@ -153,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead: run retrieve, rank, dispatch and evaluate for D without and with the next_user channel")
     ap.add_argument("--reuse-without", action="store_true",
                     help="with --with-without: evaluate the lake's existing (default-channel) day outputs as the 'without' arm")
-    ap.add_argument("--with-from", choices=("retrieve", "rank", "dispatch"), default="retrieve",
-                    help="with --with-without: resume the 'with' arm at this stage (after an interrupted run)")
+    ap.add_argument("--with-from", choices=("retrieve", "rank", "score", "dispatch"), default="retrieve",
+                    help="with --with-without: resume the 'with' arm at this stage (after an interrupted run); "
+                         "score: rescore with the lake's ranker of D (trained on D-7..D-1, not on D's candidates)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -305,10 +307,20 @@ def with_without(lake: Lake, day: dt.date, seed: int, reuse_without: bool = Fals
         cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
         ctx = StageContext(lake, day, cfg)
         t0 = time.time()
-        todo = steps[steps.index(with_from):] if label == "with" else (() if reuse_without else steps)
+        todo = steps[steps.index(with_from if with_from != "score" else "rank"):] if label == "with" else (() if reuse_without else steps)
         if "next_user" in chans and with_from == "retrieve":  # what the similarity stage runs when the channel is enabled
             out["next_user_training"] = train(ctx)
-        stages = {st: run_stage(st, None, ctx).get("seconds") for st in todo} if todo else "reused"
+        if label == "with" and with_from == "score":
+            # the ranker of D trains on D-7..D-1 only, never on D's candidates: the model the "without"
+            # run published for D is the one this arm would train; only D's candidates are rescored
+            t1 = time.time()
+            score(ctx, model_for_day(lake, day)[1])
+            todo = ("dispatch",)
+            stages = {"rank (score only)": round(time.time() - t1, 1)}
+        else:
+            stages = {}
+        stages.update({st: run_stage(st, None, ctx).get("seconds") for st in todo})
+        stages = stages or "reused"
         if label == "with" and with_from != "retrieve":
             stages = {**stages, "resumed_from": with_from}
         m = evaluate(lake, day, cfg, spark=ctx.spark)
