@@ -39,8 +39,28 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dualrec.channels import default_channels  # noqa: E402
+from dualrec.channels.base import with_cutoff  # noqa: E402
+from dualrec.channels.i2u2u import i2u2u_scores, item_seeds  # noqa: E402
+from dualrec.channels.next_user import (  # noqa: E402
+    fit,
+    item_arrays,
+    positive_sequences,
+    train,
+    training_inputs,
+    user_table,
+)
+from dualrec.channels.two_tower import search_candidates  # noqa: E402
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig  # noqa: E402
+from dualrec.evaluation import evaluate, get_path  # noqa: E402
 from dualrec.lake import Lake, parse_date  # noqa: E402
+from dualrec.stages.base import StageContext, run_stage  # noqa: E402
+from dualrec.stages.rank import model_for_day, score  # noqa: E402
+from dualrec.stages.retrieve import day_items  # noqa: E402
+from dualrec.synth.truth import Truth  # noqa: E402
+from models.ann import load_index  # noqa: E402
+from models.next_user import generate, sum_pool  # noqa: E402
+from models.two_tower import item_embeddings, load_two_tower  # noqa: E402
 
 log = logging.getLogger("next_user_ablation")
 
@@ -60,6 +80,13 @@ VARIANTS = {
     "w/o [CLS]": {"cls_token": False},
     "w/o causal mask": {"causal": False},
 }
+WITH_WITHOUT_PATHS = (
+    "retrieval.truth_recall", "retrieval.candidates_per_item", "dispatch.channel_share", "dispatch.channel_share_any",
+    "quality.expected_feedback", "quality.expected_feedback_optimum", "quality.feedback_per_pair", "quality.recall_at_l",
+    "quality.truth_recall_dispatched", "quality.items_reaching_feedback", "dispatch.items_covered", "dispatch.items",
+    "dispatch.users_matched",
+)
+"""Figures of ``evaluate`` that ``--with-without`` reports for each arm."""
 
 
 def ensure_prereqs(lake: Lake, day: dt.date, world_from: str | None) -> None:
@@ -71,8 +98,6 @@ def ensure_prereqs(lake: Lake, day: dt.date, world_from: str | None) -> None:
             "similarity": lake.has_partition("user_similar", day)}
     todo = [s for s, ok in need.items() if not ok]
     if todo:
-        from dualrec.stages.base import StageContext, run_stage
-
         ctx = StageContext(lake, day, bench_cfg())
         for st in ("activity", "two_tower", "similarity"):
             if st in todo or (st == "similarity" and "two_tower" in todo):
@@ -97,6 +122,21 @@ def recall_tables(found: dict[int, np.ndarray], items: np.ndarray, true_top: dic
     return out
 
 
+def eval_sample(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded random subset of ``n`` of ``ids`` (sorted; all of them when there are at most n)."""
+    ids = np.sort(np.asarray(ids, np.int64))
+    if len(ids) <= n:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
+
+
+def most_active(activity: pd.DataFrame, avail: np.ndarray, k: int) -> np.ndarray:
+    """The k available users with the highest ``p_active`` (ties: lower user_id first)."""
+    a = activity[activity["user_id"].isin(avail)]
+    a = a.sort_values(["p_active", "user_id"], ascending=[False, True], kind="stable")
+    return a["user_id"].to_numpy(np.int64)[:k]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lake", required=True)
@@ -104,37 +144,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world-from", help="lake whose input tables are hard-linked in when --lake is empty")
     ap.add_argument("--epochs", type=int, default=None, help="override next_user.epochs")
     ap.add_argument("--samples-per-item", type=int, default=None)
+    ap.add_argument("--train-window-days", type=int, default=None, help="override next_user.train_window_days")
     ap.add_argument("--max-train-items", type=int, default=None)
+    ap.add_argument("--eval-items", type=int, default=None,
+                    help="evaluate a seeded random sample of at most this many of D's items (cost cap on medium)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of next_user variants to train")
     ap.add_argument("--seed", type=int, default=0, help="config seed (training seeds derive from it)")
     ap.add_argument("--with-without", action="store_true",
                     help="instead: run retrieve, rank, dispatch and evaluate for D without and with the next_user channel")
+    ap.add_argument("--reuse-without", action="store_true",
+                    help="with --with-without: evaluate the lake's existing (default-channel) day outputs as the 'without' arm")
+    ap.add_argument("--with-from", choices=("retrieve", "rank", "score", "dispatch"), default="retrieve",
+                    help="with --with-without: resume the 'with' arm at this stage (after an interrupted run); "
+                         "score: rescore with the lake's ranker of D (trained on D-7..D-1, not on D's candidates)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-    from dualrec.channels.base import with_cutoff
-    from dualrec.channels.i2u2u import i2u2u_scores, item_seeds
-    from dualrec.channels.next_user import item_arrays, positive_sequences, training_inputs, user_table
-    from dualrec.channels.two_tower import search_candidates
-    from dualrec.stages.base import StageContext
-    from dualrec.synth.truth import Truth
-    from models.ann import load_index
-    from models.next_user import generate, sum_pool
-    from models.two_tower import item_embeddings, load_two_tower
-
     lake, day = Lake(args.lake), parse_date(args.date)
     nxt = day + dt.timedelta(days=1)
     ensure_prereqs(lake, day, args.world_from)
     if args.with_without:
-        out = with_without(lake, day, args.seed)
+        out = with_without(lake, day, args.seed, args.reuse_without, args.with_from)
         print(json.dumps(out, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         return 0
     over = {k: v for k, v in {"epochs": args.epochs, "samples_per_item": args.samples_per_item,
-                              "max_train_items": args.max_train_items}.items() if v is not None}
+                              "max_train_items": args.max_train_items,
+                              "train_window_days": args.train_window_days}.items() if v is not None}
     cfg = bench_cfg(args.seed, **over)
     ctx = StageContext(lake, day, cfg)
     spark = ctx.spark
@@ -143,9 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.time()
 
     # ------------------------------------------------------------------ the day's items and what each may see
-    from dualrec.stages.retrieve import day_items
-
-    items_df = with_cutoff(day_items(ctx), day, cfg.dispatch.batches_per_day).cache()
+    items_df = with_cutoff(day_items(ctx), day, cfg.dispatch.batches_per_day)
+    n_day_items = items_df.count()
+    if args.eval_items and n_day_items > args.eval_items:
+        all_ids = np.sort(np.asarray(items_df.select("item_id").toPandas()["item_id"], np.int64))
+        keep = eval_sample(all_ids, args.eval_items, ctx.seed("next_user_ablation.eval_items"))
+        items_df = items_df.where(items_df.item_id.isin([int(i) for i in keep]))
+    items_df = items_df.cache()
     item_t = items_df.select("item_id", "creator_id", "category", "duration_ms", "content_emb").orderBy("item_id").toArrow()
     ids = item_t.column("item_id").to_numpy()
     pos_df = lake.read_df(spark, "item_positive_users", [day], with_dt=False)
@@ -186,21 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                          "no_positive": recall_tables(found, ids[~has_pos], true_top, positives, ks),
                          "items_with_candidates": int(sum(1 for i in ids if len(found.get(int(i), [])) > 0))}
         log.info("%s: %s", name, results[name]["all"])
-
-    # ------------------------------------------------------------------ next_user variants
-    t0 = time.time()
-    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items"))
-    seconds["training_inputs"] = round(time.time() - t0, 1)
-    from dualrec.channels.next_user import fit
-
-    train_info = {}
-    for name in [v for v in args.variants.split(",") if v]:
-        t0 = time.time()
-        model, metrics = fit(train_in, cfg, ctx.seed("next_user.train"), None, lake.emb_dim(), **VARIANTS[name])
-        emb = generate(model, item_arrays(item_t, model.spec), [s[-model.spec.max_seq:] for s in seqs], users_all)
-        record(name, topk(emb))
-        seconds[name] = round(time.time() - t0, 1)
-        train_info[name] = {"train_items": metrics.get("items"), "epoch_loss": metrics.get("epoch_loss")}
+        if args.json:  # partial figures survive a run stopped for the deadline
+            Path(args.json).write_text(json.dumps({"partial": True, "results": results, "seconds": seconds}, indent=2, default=str))
 
     # ------------------------------------------------------------------ baselines
     t0 = time.time()
@@ -209,8 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     seconds["sum-pooled lookalike"] = round(time.time() - t0, 1)
 
     t0 = time.time()
-    from pyspark.sql import functions as F
-
     avail_df = spark.createDataFrame(pd.DataFrame({"user_id": avail}))
     seeds = item_seeds(items_df, pos_df)
     i2 = i2u2u_scores(seeds, lake.read_df(spark, "user_similar", [day], with_dt=False), avail_df, K).toPandas()
@@ -222,10 +250,31 @@ def main(argv: list[str] | None = None) -> int:
     tt = load_two_tower(lake, day)
     record("two_tower (reference)", topk(item_embeddings(tt, item_t)))
     seconds["two_tower (reference)"] = round(time.time() - t0, 1)
-    del F
+
+    # the same list for every item: the available users by predicted activity. The truth is
+    # P(active on D+1) x feedback, so this shows how much of a truth top-K is activity alone.
+    act = lake.read_table("activity_scores", day).select(["user_id", "p_active"]).to_pandas()
+    record("most active users (reference)", {int(i): most_active(act, avail, K) for i in ids})
+
+    # ------------------------------------------------------------------ next_user variants
+    variants = [v for v in args.variants.split(",") if v]  # --variants "" : baselines only
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
+    t0 = time.time()
+    train_in = training_inputs(spark, lake, day, cfg, ctx.seed("next_user.items")) if variants else {"items": None, "window": None}
+    seconds["training_inputs"] = round(time.time() - t0, 1)
+    train_info = {}
+    for name in variants:
+        t0 = time.time()
+        model, metrics = fit(train_in, cfg, ctx.seed("next_user.train"), None, lake.emb_dim(), **VARIANTS[name])
+        emb = generate(model, item_arrays(item_t, model.spec), [s[-model.spec.max_seq:] for s in seqs], users_all)
+        record(name, topk(emb))
+        seconds[name] = round(time.time() - t0, 1)
+        train_info[name] = {"train_items": metrics.get("items"), "epoch_loss": metrics.get("epoch_loss")}
 
     out = {
-        "lake": lake.root, "date": day.isoformat(), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
+        "lake": lake.root, "date": day.isoformat(), "day_items": int(n_day_items), "items": int(len(ids)), "items_with_positive_before_cutoff": int(has_pos.sum()),
         "available_users": int(len(avail)), "items_with_logged_positive": len(positives),
         "next_user_config": {k: v for k, v in cfg.next_user.__dict__.items()},
         "train_items": train_in["items"].num_rows if train_in["items"] is not None else 0,
@@ -238,24 +287,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def with_without(lake: Lake, day: dt.date, seed: int) -> dict:
-    """The day's pipeline after retrieval, without and with next_user (same ranker seed and caps)."""
-    from dualrec.channels import default_channels
-    from dualrec.channels.next_user import train
-    from dualrec.metrics import evaluate, get_path
-    from dualrec.stages.base import StageContext, run_stage
+def with_without(lake: Lake, day: dt.date, seed: int, reuse_without: bool = False, with_from: str = "retrieve") -> dict:
+    """The day's pipeline after retrieval, without and with next_user (same ranker seed and caps).
 
-    paths = ["retrieval.truth_recall", "dispatch.channel_share", "quality.expected_feedback", "quality.feedback_per_pair",
-             "quality.recall_at_l", "quality.truth_recall_dispatched", "dispatch.items_covered", "dispatch.items",
-             "retrieval.candidates_per_item"]
-    out: dict = {"date": day.isoformat()}
-    for label, chans in (("without", default_channels()), ("with", [*default_channels(), "next_user"])):
+    ``reuse_without``: the "without" arm evaluates the day outputs already in the lake (they must
+    come from a default-channel run, e.g. a hard-link copy of a benchmark day) instead of rerunning
+    retrieve, rank and dispatch: half the cost, at the price of not checking that a rerun agrees.
+    ``with_from`` (rank or dispatch): the "with" arm resumes at that stage on the lake's outputs of an
+    interrupted "with" arm (the next_user artefact and the earlier stages' outputs must be there);
+    only the "with" arm is then reported (take "without" from the interrupted run's log).
+    """
+    steps = ("retrieve", "rank", "dispatch")
+    paths = WITH_WITHOUT_PATHS
+    out: dict = {"date": day.isoformat(), "without_reused": reuse_without}
+    arms = (("without", default_channels()), ("with", [*default_channels(), "next_user"]))
+    if with_from != "retrieve":  # the lake holds the interrupted "with" arm's candidates: "without" cannot be evaluated
+        arms = arms[1:]
+    for label, chans in arms:
         cfg = bench_cfg(seed).with_override("retrieval.channels", json.dumps(chans))
         ctx = StageContext(lake, day, cfg)
         t0 = time.time()
-        if "next_user" in chans:  # what the similarity stage runs when the channel is enabled
+        todo = steps[steps.index(with_from if with_from != "score" else "rank"):] if label == "with" else (() if reuse_without else steps)
+        if "next_user" in chans and with_from == "retrieve":  # what the similarity stage runs when the channel is enabled
             out["next_user_training"] = train(ctx)
-        stages = {st: run_stage(st, None, ctx).get("seconds") for st in ("retrieve", "rank", "dispatch")}
+        if label == "with" and with_from == "score":
+            # the ranker of D trains on D-7..D-1 only, never on D's candidates: the model the "without"
+            # run published for D is the one this arm would train; only D's candidates are rescored
+            t1 = time.time()
+            score(ctx, model_for_day(lake, day)[1])
+            todo = ("dispatch",)
+            stages = {"rank (score only)": round(time.time() - t1, 1)}
+        else:
+            stages = {}
+        stages.update({st: run_stage(st, None, ctx).get("seconds") for st in todo})
+        stages = stages or "reused"
+        if label == "with" and with_from != "retrieve":
+            stages = {**stages, "resumed_from": with_from}
         m = evaluate(lake, day, cfg, spark=ctx.spark)
         row = {}
         for p in paths:
@@ -272,7 +339,9 @@ def markdown(out: dict) -> str:
     base = out["results"].get("next_user", {}).get("all", {})
     lines = ["| variant | truth R@20 | truth R@50 | logged R@20 | logged R@50 | truth R@50, items w/o positive | "
              "rel. R@20 vs next_user (truth) | paper Table 1 R@20 / R@50 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in out["results"].items():
+    order = [*[v for v in VARIANTS if v in out["results"]], *[v for v in out["results"] if v not in VARIANTS]]
+    for name in order:
+        r = out["results"][name]
         a = r["all"]
         rel = (a["truth@20"] / base["truth@20"] - 1) if base.get("truth@20") and name != "next_user" else None
         p = PAPER_TABLE1.get(name)
