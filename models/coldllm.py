@@ -11,10 +11,11 @@ Three pieces, each a pure function or a small class, so the channel
    interactions, so filter and update live in one space at one scale. Loss: cosine + MSE
    alignment (the paper's ALDI-style teacher alignment; we have no BPR term, the FAISS search
    of the user index is the ranking).
-2. **Simulator** (paper Eq. 9-10): :class:`InteractionSimulator` is the interface. Given an
-   item and its filtered users it returns one interaction probability per user. The paper's
-   simulator is a LoRA-tuned LLaMA-7B answering "Yes/No"; we cannot run one here (no weights,
-   no network), so the product's default is our multi-task ranker
+2. **Simulator** (paper Eq. 9-10): the interface is
+   ``dualrec.channels.coldllm.InteractionSimulator`` (kept there so channel discovery stays
+   free of torch). Given an item and its filtered users it returns one interaction probability
+   per user. The paper's simulator is a LoRA-tuned LLaMA-7B answering "Yes/No"; we cannot run
+   one here (no weights, no network), so the product's default is our multi-task ranker
    (:func:`ranker_probabilities`, ``dualrec.channels.coldllm.RankerSimulator``).
 3. **Embedding update** (paper Eq. 4): :func:`updated_embeddings` keeps each item's
    ``simulated_positives`` most probable users (a probability >= ``min_probability``; the
@@ -27,7 +28,6 @@ Artefact ``_models/coldllm/dt=D``: ``model.pt`` (state_dict) + ``manifest.json``
 
 from __future__ import annotations
 
-import abc
 import datetime as dt
 import logging
 from dataclasses import asdict, dataclass
@@ -200,40 +200,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
 
 
-# ---------------------------------------------------------------------- the simulator interface
-class InteractionSimulator(abc.ABC):
-    """Decides which of an item's filtered users would interact (the paper's LLM, Eq. 9).
-
-    To plug in an LLM-backed simulator, subclass this, give it a no-argument constructor and set
-    ``coldllm.simulator: "your.module:YourSimulator"`` (see docs/coldllm.md). The channel calls
-
-    1. ``prepare(ctx, items, pairs)`` once per day: ``ctx`` has ``lake``, ``day``, ``cfg``, ``spark``;
-       ``items`` the day's items (Arrow: the ``items`` columns plus ``batch`` and ``cutoff``,
-       sorted by item_id); ``pairs`` (Arrow: batch, item_id, user_id) every filtered pair. Build
-       your user contexts here, from data strictly before each item's ``cutoff``.
-    2. ``simulate_batch(items, users)`` with ``users[r]`` the filtered users of ``items`` row r;
-       it must return one array of probabilities in [0, 1] per row, aligned with ``users[r]``.
-       The default loops over ``simulate(item, users)`` (``item``: the row as a dict), which is
-       what a per-prompt LLM implements; a vectorised simulator overrides ``simulate_batch``.
-
-    A "Yes/No" model returns 1.0 / 0.0. The product itself makes no network call; a remote
-    simulator is the deployer's choice and responsibility.
-    """
-
-    name: str = "simulator"
-
-    def prepare(self, ctx: Any, items: pa.Table, pairs: pa.Table) -> None:  # noqa: B027 - optional hook
-        """Optional per-day set-up (default: nothing)."""
-
-    @abc.abstractmethod
-    def simulate(self, item: dict[str, Any], users: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        """P(user interacts with item) for each of ``users`` (int64 ids)."""
-
-    def simulate_batch(self, items: pa.Table, users: list[np.ndarray]) -> list[np.ndarray]:
-        rows = items.to_pylist()
-        return [np.asarray(self.simulate(rows[r], u), np.float64) for r, u in enumerate(users)]
-
-
+# ---------------------------------------------------------------------- the default simulator
 def interaction_probability(s: np.ndarray, tasks: list[str] | tuple[str, ...]) -> np.ndarray:
     """P(at least one of ``tasks``) = 1 - prod(1 - s_m), from ranker outputs ``s`` [n, M] in TASKS order."""
     cols = [TASKS.index(t) for t in tasks]
@@ -310,7 +277,7 @@ def load_filter(lake, day: dt.date | str) -> ContentFilter:
 
 
 __all__ = [
-    "ContentFilter", "FilterSpec", "InteractionSimulator", "behaviour_targets", "encode_items", "filter_embeddings",
+    "ContentFilter", "FilterSpec", "behaviour_targets", "encode_items", "filter_embeddings",
     "interaction_probability", "load_filter", "lookup_rows", "ranker_probabilities", "save_filter", "train_filter",
     "updated_embeddings",
 ]

@@ -5,7 +5,7 @@ For each of D's new items:
 1. **filter** (paper Eq. 5-7): the content filter of :mod:`models.coldllm` maps the item's
    content features to the two-tower user space; the FAISS user index (``_models/user_index``
    dt=D, available users only) gives its ``coldllm.filter_k`` best users;
-2. **simulate** (Eq. 9-10): an :class:`~models.coldllm.InteractionSimulator` returns each
+2. **simulate** (Eq. 9-10): an :class:`InteractionSimulator` returns each
    filtered user's interaction probability. Default :class:`RankerSimulator`: the multi-task
    ranker (``model_for_day``: the latest ``_models/ranker`` <= D trained on days < D) scores the
    pairs with the rank stage's own point-in-time features (:func:`dualrec.ranking.scoring_tables`:
@@ -18,7 +18,7 @@ For each of D's new items:
 
 An LLM-backed simulator
 -----------------------
-Subclass :class:`models.coldllm.InteractionSimulator` (re-exported here) in any importable
+Subclass :class:`InteractionSimulator` (defined here; this module imports no torch at top level) in any importable
 module, implement ``simulate(item, users) -> probabilities`` (or ``simulate_batch``), optionally
 ``prepare(ctx, items, pairs)`` to build user contexts from data before each item's ``cutoff``,
 and select it with ``--set coldllm.simulator=my_pkg.my_mod:MySimulator`` (or the same key in
@@ -38,6 +38,7 @@ default (BENCHMARKS.md section 13 says why).
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import importlib
 import logging
@@ -50,7 +51,6 @@ import pyarrow as pa
 
 from dualrec.channels.base import Channel, ChannelSpec, available_users, with_cutoff
 from dualrec.lake import Lake, LakeError, date_range
-from models.coldllm import InteractionSimulator
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,39 @@ _OUT = pa.schema([("item_id", pa.int64()), ("user_id", pa.int64()), ("score", pa
 
 
 # ---------------------------------------------------------------------- simulators
+class InteractionSimulator(abc.ABC):
+    """Decides which of an item's filtered users would interact (the paper's LLM, Eq. 9).
+
+    To plug in an LLM-backed simulator, subclass this, give it a no-argument constructor and set
+    ``coldllm.simulator: "your.module:YourSimulator"`` (see docs/coldllm.md). The channel calls
+
+    1. ``prepare(ctx, items, pairs)`` once per day: ``ctx`` has ``lake``, ``day``, ``cfg``, ``spark``;
+       ``items`` the day's items (Arrow: the ``items`` columns plus ``batch`` and ``cutoff``,
+       sorted by item_id); ``pairs`` (Arrow: batch, item_id, user_id) every filtered pair. Build
+       your user contexts here, from data strictly before each item's ``cutoff``.
+    2. ``simulate_batch(items, users)`` with ``users[r]`` the filtered users of ``items`` row r;
+       it must return one array of probabilities in [0, 1] per row, aligned with ``users[r]``.
+       The default loops over ``simulate(item, users)`` (``item``: the row as a dict), which is
+       what a per-prompt LLM implements; a vectorised simulator overrides ``simulate_batch``.
+
+    A "Yes/No" model returns 1.0 / 0.0. The product itself makes no network call; a remote
+    simulator is the deployer's choice and responsibility.
+    """
+
+    name: str = "simulator"
+
+    def prepare(self, ctx: Any, items: pa.Table, pairs: pa.Table) -> None:  # noqa: B027 - optional hook
+        """Optional per-day set-up (default: nothing)."""
+
+    @abc.abstractmethod
+    def simulate(self, item: dict[str, Any], users: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        """P(user interacts with item) for each of ``users`` (int64 ids)."""
+
+    def simulate_batch(self, items: pa.Table, users: list[np.ndarray]) -> list[np.ndarray]:
+        rows = items.to_pylist()
+        return [np.asarray(self.simulate(rows[r], u), np.float64) for r, u in enumerate(users)]
+
+
 class RankerSimulator(InteractionSimulator):
     """Default simulator: the multi-task ranker's P(any of ``coldllm.simulator_tasks``), vectorised."""
 
