@@ -542,7 +542,13 @@ class ColdLLMConfig(_Section):
     min_probability: float = Field(0.0, ge=0, le=1, description="a user below this probability is never a simulated positive")
     update_mix: float = Field(
         0.5, ge=0, le=1,
-        description="updated embedding = (1-w) filter + w probability-weighted mean of the simulated users (0: filter only)",
+        description="updated embedding = (1-w) filter + w probability-weighted mean of the simulated users, the mean "
+        "rescaled to the filter's norm (0: filter only)",
+    )
+    filter_target: Literal["item_tower", "positive_users"] = Field(
+        "item_tower",
+        description="behaviour embedding the filter is distilled from: the two-tower item tower WITH the warm item's "
+        "trained ID embedding, or the mean two-tower embedding of the item's positive users",
     )
     train_window_days: int = Field(14, ge=1, description="filter training: warm items uploaded in [D-W, D-1], positives before D")
     min_positives: int = Field(2, ge=1, description="a training item needs this many positive users with an embedding")

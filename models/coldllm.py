@@ -6,9 +6,9 @@ Three pieces, each a pure function or a small class, so the channel
 1. **Filter** (paper Eq. 5-7): :class:`ContentFilter` maps an item's content features (content
    embedding, hashed creator, category, log duration; never the item ID, a new item's ID carries
    nothing) to the two-tower behaviour space. It is *distilled* from warm items' behaviour
-   embeddings: the target of a warm item is the mean two-tower embedding of its positive users
-   (:func:`behaviour_targets`), i.e. what the embedding update of step 3 produces from real
-   interactions, so filter and update live in one space at one scale. Loss: cosine + MSE
+   embeddings (``coldllm.filter_target``): the two-tower item tower *with* the warm item's
+   trained ID embedding (:func:`item_tower_targets`), or the mean two-tower embedding of its
+   positive users (:func:`behaviour_targets`, what step 3 computes from interactions). Loss: cosine + MSE
    alignment (the paper's ALDI-style teacher alignment; we have no BPR term, the FAISS search
    of the user index is the ranking).
 2. **Simulator** (paper Eq. 9-10): the interface is
@@ -43,6 +43,7 @@ from models import torch_threads
 from models.ranker import TASKS, SideArrays, featurize_pairs, predict
 from models.torch_io import load_state, save_model
 from models.two_tower import emb_matrix, hash_ids
+from models.two_tower import encode_items as two_tower_items
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,12 @@ class FilterSpec:
     id_buckets: int = 1 << 16
     cat_buckets: int = 256
     creator_dim: int = 16
+    target: str = "item_tower"  # what it was distilled from: another target is another model (no warm start)
 
     @classmethod
     def from_cfg(cls, cfg, content_dim: int, dim: int) -> "FilterSpec":
         """From a :class:`~dualrec.config.ColdLLMConfig` and the lake's / two-tower's dimensions."""
-        return cls(int(content_dim), int(dim), cfg.hidden, cfg.id_buckets, cfg.cat_buckets)
+        return cls(int(content_dim), int(dim), cfg.hidden, cfg.id_buckets, cfg.cat_buckets, target=cfg.filter_target)
 
 
 def encode_items(items: pa.Table, spec: FilterSpec) -> dict[str, np.ndarray]:
@@ -141,6 +143,20 @@ def behaviour_targets(pos_users: list[np.ndarray], user_ids: np.ndarray, user_em
             out[r] = user_emb[rows].mean(0)
             keep[r] = True
     return out, keep
+
+
+@torch.no_grad()
+def item_tower_targets(two_tower, items: pa.Table, batch: int = 4096) -> np.ndarray:
+    """Behaviour embedding of warm items: the two-tower item tower WITH each item's trained ID
+    embedding (serving drops it for new items; here it is what the filter learns to stand in for)."""
+    two_tower.eval()
+    enc = two_tower_items(items, two_tower.spec)
+    n = len(enc["iid"])
+    out = np.zeros((n, two_tower.spec.dim), np.float32)
+    for s in range(0, n, batch):
+        t = _take(enc, slice(s, s + batch))
+        out[s : s + batch] = two_tower.item_forward(t, torch.ones(t["iid"].shape[0])).numpy()
+    return out
 
 
 def lookup_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -228,8 +244,10 @@ def ranker_probabilities(model, side: SideArrays, item_ids: np.ndarray, user_ids
 def updated_embeddings(filter_emb: np.ndarray, users: list[np.ndarray], probs: list[np.ndarray], user_ids: np.ndarray,
                        user_emb: np.ndarray, n_positive: int, min_probability: float, mix: float
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 4 with frozen user embeddings: e = (1 - mix) f + mix * sum(p e_u) / sum(p) over each item's
-    ``n_positive`` most probable users with p >= ``min_probability`` and p > 0 (ties: smaller user id).
+    """Eq. 4 with frozen user embeddings: e = (1 - mix) f + mix * m, m = sum(p e_u) / sum(p) over each item's
+    ``n_positive`` most probable users with p >= ``min_probability`` and p > 0 (ties: smaller user id),
+    rescaled to |f| (user and item vectors of a two-tower model differ in norm; only the direction
+    of m should move f, and the inner-product search then sees the filter's scale).
 
     ``user_ids`` sorted, ``user_emb`` their rows. Returns (embeddings, simulated positives per item);
     an item with no simulated positive keeps its filter embedding."""
@@ -251,7 +269,11 @@ def updated_embeddings(filter_emb: np.ndarray, users: list[np.ndarray], probs: l
         idx = idx[np.lexsort((u[idx], -p[idx]))][:n_positive]
         w = p[idx]
         mean = (w[:, None] * user_emb[rows[idx]].astype(np.float64)).sum(0) / w.sum()
-        out[r] = ((1.0 - mix) * filter_emb[r].astype(np.float64) + mix * mean).astype(np.float32)
+        f = filter_emb[r].astype(np.float64)
+        nm, nf = np.linalg.norm(mean), np.linalg.norm(f)
+        if nm > 0 and nf > 0:
+            mean = mean * (nf / nm)  # users and items differ in scale: mix directions, keep the filter's norm
+        out[r] = ((1.0 - mix) * f + mix * mean).astype(np.float32)
         n_sim[r] = len(idx)
     return out, n_sim
 
@@ -278,6 +300,6 @@ def load_filter(lake, day: dt.date | str) -> ContentFilter:
 
 __all__ = [
     "ContentFilter", "FilterSpec", "behaviour_targets", "encode_items", "filter_embeddings",
-    "interaction_probability", "load_filter", "lookup_rows", "ranker_probabilities", "save_filter", "train_filter",
+    "interaction_probability", "item_tower_targets", "load_filter", "lookup_rows", "ranker_probabilities", "save_filter", "train_filter",
     "updated_embeddings",
 ]

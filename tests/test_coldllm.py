@@ -156,9 +156,10 @@ def test_updated_embeddings_mix_top_n_and_zero_fallback():
     users = [np.array([3, 1, 2]), np.array([1, 2])]
     probs = [np.array([0.5, 0.5, 0.1]), np.zeros(2)]
     e, n = updated_embeddings(f, users, probs, uids, uemb, n_positive=2, min_probability=0.0, mix=0.5)
-    # item 0: users 1 and 3 (p 0.5 each; user 2 is cut by n_positive=2), mean (3, 2); item 1: all zero -> filter
+    # item 0: users 1 and 3 (p 0.5 each; user 2 is cut by n_positive=2), mean (3, 2) rescaled to |f| = 1;
+    # item 1: all zero -> filter
     assert n.tolist() == [2, 0]
-    assert e[0] == pytest.approx(0.5 * f[0] + 0.5 * np.array([3.0, 2.0]))
+    assert e[0] == pytest.approx(0.5 * f[0] + 0.5 * np.array([3.0, 2.0]) / np.sqrt(13.0))
     assert e[1] == pytest.approx(f[1])
     e2, n2 = updated_embeddings(f, users, probs, uids, uemb, 2, min_probability=0.6, mix=0.5)
     assert n2.tolist() == [0, 0] and np.array_equal(e2, f)  # nobody reaches the threshold
@@ -248,9 +249,10 @@ def test_custom_simulator_from_config_gets_the_filtered_users(lake, spark, sims)
     emb = {u: lake.user_emb[USERS.index(u)] for u in USERS}
     for r, i in enumerate(ids):
         assert set(asked[i]) == set(_exact_top(lake, f[r], 10))  # the filter's top filter_k available users
-        # update: half filter, half the plain mean of the even ("yes") users among the filtered
+        # update: half filter, half the mean of the even ("yes") users among the filtered, at the filter's norm
         yes = sorted(u for u in asked[i] if u % 2 == 0)
-        e = 0.5 * f[r] + 0.5 * np.mean([emb[u] for u in yes], 0) if yes else f[r]
+        m = np.mean([emb[u] for u in yes], 0) if yes else None
+        e = 0.5 * f[r] + 0.5 * m * np.linalg.norm(f[r]) / np.linalg.norm(m) if yes else f[r]
         top = _exact_top(lake, e, 5)
         assert set(got[i]) == set(top)
         assert got[i][top[0]] == pytest.approx(float(emb[top[0]] @ e), rel=1e-4)
@@ -328,7 +330,8 @@ def test_trainer_publishes_a_point_in_time_filter_and_warm_starts(lake, spark, t
     lk.write_table("interactions", y, inter(rows))
     lk.write_table("interactions", D, inter([(6, 52, ts(D, 1))]))
     lk.write_table("user_embeddings", D, lake.read_table("user_embeddings", D))
-    cfg = DualRecConfig.load(None, {"coldllm.min_positives": 2, "coldllm.epochs": 3, "coldllm.hidden": 16})
+    cfg = DualRecConfig.load(None, {"coldllm.min_positives": 2, "coldllm.epochs": 3, "coldllm.hidden": 16,
+                                    "coldllm.filter_target": "positive_users"})
     rep = train(StageContext(lake=lk, day=D, cfg=cfg, _spark=spark))
     assert rep["items"] == 2 and rep["warm_start_from"] is None  # item 52 has one positive before D
     m = load_filter(lk, D)
@@ -337,3 +340,22 @@ def test_trainer_publishes_a_point_in_time_filter_and_warm_starts(lake, spark, t
     lk.write_table("user_embeddings", D + dt.timedelta(days=1), lake.read_table("user_embeddings", D))
     rep2 = train(StageContext(lake=lk, day=D + dt.timedelta(days=1), cfg=cfg, _spark=spark))
     assert rep2["warm_start_from"] == str(D) and rep2["items"] == 3  # D's positive on item 52 now counts
+    # the default target: the two-tower item tower with the warm items' ID embeddings (another target: no warm start)
+    import torch
+
+    from models.coldllm import item_tower_targets
+    from models.two_tower import TwoTowerModel, item_embeddings, model_spec, save_two_tower
+
+    torch.manual_seed(0)
+    tt = TwoTowerModel.from_spec(model_spec(TwoTowerConfig(dim=UDIM, hidden=16, id_buckets=64, id_dim=4, cat_buckets=16), DIM))
+    torch.nn.init.normal_(tt.item_id.weight, std=1.0)  # "trained" ID embeddings
+    with lk.publish_dir(Lake.model_rel("two_tower", D + dt.timedelta(days=1))) as rel:
+        save_two_tower(tt, lk, rel, {"train_end": str(D)})
+    items = lk.read_table("items", y).sort_by("item_id")
+    t = item_tower_targets(tt, items)
+    assert t.shape == (3, UDIM) and not np.allclose(t, item_embeddings(tt, items))  # the ID embedding counts
+    cfg3 = cfg.with_override("coldllm.filter_target", "item_tower")
+    rep3 = train(StageContext(lake=lk, day=D + dt.timedelta(days=1), cfg=cfg3, _spark=spark))
+    assert rep3["warm_start_from"] is None and rep3["items"] == 3
+    m3 = load_filter(lk, D + dt.timedelta(days=1))
+    assert m3.spec.target == "item_tower" and m3.manifest["target"] == "item_tower"

@@ -27,8 +27,9 @@ docs/coldllm.md.
 
 Training (:func:`train`, run by the ``similarity`` stage when the channel is enabled): warm items
 uploaded in [D-W, D-1] with at least ``coldllm.min_positives`` explicit positives before D
-(interactions dt <= D-1 only), target = mean ``user_embeddings`` dt=D of their positive users.
-Warm-started from the latest earlier artefact of the same shape; ``_models/coldllm/dt=D`` with a
+(interactions dt <= D-1 only) and at least that many with a ``user_embeddings`` dt=D row; target
+(``coldllm.filter_target``) = the two-tower item tower dt=D *with* the item's trained ID embedding
+(default), or the mean ``user_embeddings`` dt=D of its positive users. Warm-started from the latest earlier artefact of the same shape; ``_models/coldllm/dt=D`` with a
 manifest. Items uploaded on D are never trained on.
 
 Point in time: the filter reads content only; the ranker simulator's features stop at each
@@ -159,7 +160,8 @@ def training_inputs(spark, lake: Lake, day: dt.date, cfg) -> dict[str, Any]:
     """Warm items uploaded in [D-W, D-1] and their behaviour targets from positives before D."""
     from dualrec.channels.next_user import positive_sequences, user_table
     from dualrec.similarity import item_positive_users
-    from models.coldllm import behaviour_targets
+    from models.coldllm import behaviour_targets, item_tower_targets
+    from models.two_tower import load_two_tower
 
     c = cfg.coldllm
     window = date_range(day - dt.timedelta(days=c.train_window_days), day - dt.timedelta(days=1))
@@ -174,6 +176,7 @@ def training_inputs(spark, lake: Lake, day: dt.date, cfg) -> dict[str, Any]:
         np.unique(np.concatenate([*seqs.values(), np.zeros(0, np.int64)])), pa.int64())}))
     users = user_table(lake.read_df(spark, "user_embeddings", [day], with_dt=False), pos_users)
     ids = np.array(sorted(seqs), np.int64)
+    # the positive-users mean decides which items count as warm for both targets (>= min_positives known users)
     targets, keep = behaviour_targets([seqs[int(i)] for i in ids], users.ids, users.emb, c.min_positives)
     ids, targets = ids[keep], targets[keep]
     if len(ids) > c.max_train_items:
@@ -183,8 +186,10 @@ def training_inputs(spark, lake: Lake, day: dt.date, cfg) -> dict[str, Any]:
     if len(ids):
         item_t = items.where(items.item_id.isin([int(i) for i in ids])).toArrow()
         item_t = item_t.take(np.argsort(item_t.column("item_id").to_numpy(), kind="stable"))
+        if c.filter_target == "item_tower":
+            targets = item_tower_targets(load_two_tower(lake, day), item_t)
     return {"items": item_t, "targets": targets, "window": [days[0].isoformat(), days[-1].isoformat()],
-            "user_dim": int(users.emb.shape[1]) if users.emb.ndim == 2 and len(users.ids) else 0}
+            "user_dim": int(targets.shape[1]) if len(ids) else 0}
 
 
 def fit(inputs: dict[str, Any], cfg, seed: int, content_dim: int, user_dim: int, model=None):
@@ -232,7 +237,10 @@ def train(ctx) -> dict[str, Any]:
         "positives_before": day.isoformat(),
         "warm_start_from": warm_from.isoformat() if warm_from else None,
         "metrics": metrics,
-        "targets": f"mean user_embeddings/dt={day.isoformat()} of each warm item's explicit positive users",
+        "target": cfg.coldllm.filter_target,
+        "targets": (f"two_tower dt={day.isoformat()} item tower with the warm item's ID embedding"
+                    if cfg.coldllm.filter_target == "item_tower"
+                    else f"mean user_embeddings/dt={day.isoformat()} of each warm item's explicit positive users"),
     }
     with lake.publish_dir(Lake.model_rel(NAME, day)) as staging:
         save_filter(model, lake, staging, manifest)
