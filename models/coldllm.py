@@ -241,13 +241,29 @@ def ranker_probabilities(model, side: SideArrays, item_ids: np.ndarray, user_ids
 
 
 # ---------------------------------------------------------------------- the embedding update
+def lift_scores(users: list[np.ndarray], probs: list[np.ndarray]) -> list[np.ndarray]:
+    """p(u, i) / mean over the day's filtered items of p(u, .): how much more this item suits the user
+    than the items the user was filtered for on average (a user with p = 0 everywhere gets 0).
+
+    Why: an "any explicit feedback" probability is dominated by how active a user is, so the top
+    users by probability are the same active users for every item; the lift ranks by the item."""
+    flat_u = np.concatenate([np.asarray(u, np.int64) for u in users]) if users else np.zeros(0, np.int64)
+    flat_p = np.concatenate([np.asarray(p, np.float64) for p in probs]) if probs else np.zeros(0)
+    uniq, inv = np.unique(flat_u, return_inverse=True)
+    base = np.bincount(inv, weights=flat_p, minlength=len(uniq)) / np.maximum(np.bincount(inv, minlength=len(uniq)), 1)
+    lift = np.where(base[inv] > 0, flat_p / np.maximum(base[inv], 1e-300), 0.0)
+    return np.split(lift, np.cumsum([len(u) for u in users])[:-1]) if users else []
+
+
 def updated_embeddings(filter_emb: np.ndarray, users: list[np.ndarray], probs: list[np.ndarray], user_ids: np.ndarray,
-                       user_emb: np.ndarray, n_positive: int, min_probability: float, mix: float
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       user_emb: np.ndarray, n_positive: int, min_probability: float, mix: float,
+                       rank_by: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 4 with frozen user embeddings: e = (1 - mix) f + mix * m, m = sum(p e_u) / sum(p) over each item's
     ``n_positive`` most probable users with p >= ``min_probability`` and p > 0 (ties: smaller user id),
     rescaled to |f| (user and item vectors of a two-tower model differ in norm; only the direction
-    of m should move f, and the inner-product search then sees the filter's scale).
+    of m should move f, and the inner-product search then sees the filter's scale). ``rank_by``
+    (e.g. :func:`lift_scores`) picks the ``n_positive`` users instead of the probabilities; the
+    weights stay the probabilities.
 
     ``user_ids`` sorted, ``user_emb`` their rows. Returns (embeddings, simulated positives per item);
     an item with no simulated positive keeps its filter embedding."""
@@ -266,7 +282,8 @@ def updated_embeddings(filter_emb: np.ndarray, users: list[np.ndarray], probs: l
         if not sel.any():
             continue
         idx = np.flatnonzero(sel)
-        idx = idx[np.lexsort((u[idx], -p[idx]))][:n_positive]
+        key = p if rank_by is None else np.asarray(rank_by[r], np.float64)
+        idx = idx[np.lexsort((u[idx], -key[idx]))][:n_positive]
         w = p[idx]
         mean = (w[:, None] * user_emb[rows[idx]].astype(np.float64)).sum(0) / w.sum()
         f = filter_emb[r].astype(np.float64)
@@ -300,6 +317,6 @@ def load_filter(lake, day: dt.date | str) -> ContentFilter:
 
 __all__ = [
     "ContentFilter", "FilterSpec", "behaviour_targets", "encode_items", "filter_embeddings",
-    "interaction_probability", "item_tower_targets", "load_filter", "lookup_rows", "ranker_probabilities", "save_filter", "train_filter",
+    "interaction_probability", "item_tower_targets", "lift_scores", "load_filter", "lookup_rows", "ranker_probabilities", "save_filter", "train_filter",
     "updated_embeddings",
 ]

@@ -359,3 +359,20 @@ def test_trainer_publishes_a_point_in_time_filter_and_warm_starts(lake, spark, t
     assert rep3["warm_start_from"] is None and rep3["items"] == 3
     m3 = load_filter(lk, D + dt.timedelta(days=1))
     assert m3.spec.target == "item_tower" and m3.manifest["target"] == "item_tower"
+
+
+def test_lift_selection_prefers_item_specific_users():
+    from models.coldllm import lift_scores, updated_embeddings
+
+    # user 1 is active everywhere (p 0.5 on both items), user 2 likes item 0 only (0.3 vs 0.01)
+    users = [np.array([1, 2]), np.array([1, 2])]
+    probs = [np.array([0.5, 0.3]), np.array([0.5, 0.01])]
+    lift = lift_scores(users, probs)
+    assert lift[0] == pytest.approx([1.0, 0.3 / 0.155]) and lift[1] == pytest.approx([1.0, 0.01 / 0.155])
+    f = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    uemb = np.array([[0.0, 1.0], [0.0, -1.0]], np.float32)
+    by_p, _ = updated_embeddings(f, users, probs, np.array([1, 2]), uemb, 1, 0.0, 0.5)
+    by_lift, _ = updated_embeddings(f, users, probs, np.array([1, 2]), uemb, 1, 0.0, 0.5, lift)
+    assert by_p[0] == pytest.approx([0.5, 0.5])  # the active user 1
+    assert by_lift[0] == pytest.approx([0.5, -0.5]) and by_lift[1] == pytest.approx([0.5, 0.5])
+    assert lift_scores([np.array([3])], [np.zeros(1)])[0].tolist() == [0.0]

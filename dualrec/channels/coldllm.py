@@ -258,7 +258,7 @@ def coldllm_search(filter_emb: np.ndarray, items: pa.Table, index, simulator, us
     (sorted ids, embeddings)`` gives the filtered users' two-tower embeddings; ``ctx`` is passed
     to the simulator's ``prepare``. Returns ((item_id, user_id, score) rows, stats)."""
     from dualrec.channels.two_tower import search_candidates
-    from models.coldllm import updated_embeddings
+    from models.coldllm import lift_scores, updated_embeddings
 
     c = cfg.coldllm
     ids = items.column("item_id").to_numpy().astype(np.int64)
@@ -277,7 +277,9 @@ def coldllm_search(filter_emb: np.ndarray, items: pa.Table, index, simulator, us
     if len(probs) != len(users):
         raise ValueError(f"coldllm simulator returned {len(probs)} probability arrays for {len(users)} items")
     u_ids, u_emb = user_lookup(np.unique(pairs.column("user_id").to_numpy()))
-    emb, n_sim = updated_embeddings(filter_emb, users, probs, u_ids, u_emb, c.simulated_positives, c.min_probability, c.update_mix)
+    rank_by = lift_scores(users, probs) if c.select_by == "lift" else None
+    emb, n_sim = updated_embeddings(filter_emb, users, probs, u_ids, u_emb, c.simulated_positives, c.min_probability, c.update_mix,
+                                    rank_by)
     table = search_candidates(ids, emb, index.search, k)
     stats = {"items": int(len(ids)), "filtered_pairs": int(pairs.num_rows),
              "items_updated": int((n_sim > 0).sum()), "mean_simulated_positives": round(float(n_sim.mean()), 3),
