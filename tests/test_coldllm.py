@@ -269,6 +269,17 @@ def test_zero_probability_simulator_falls_back_to_the_filter_embedding(lake, spa
         assert set(got[i]) == set(_exact_top(lake, f[r], 5))
 
 
+def test_filter_only_does_not_run_the_simulator(lake, spark, sims):
+    from dualrec.channels.base import get_channel
+
+    sims.CALLS.clear()
+    ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Recording", "coldllm.update_mix": 0.0})
+    got = _by_item(get_channel("coldllm").retrieve(ctx, _items_df(ctx)))
+    ids, f = _filter_emb(lake)
+    assert sims.CALLS == []
+    assert all(set(got[i]) == set(_exact_top(lake, f[r], 5)) for r, i in enumerate(ids))
+
+
 def test_bad_simulator_is_refused(lake, spark, sims):
     from dualrec.channels.base import get_channel
 

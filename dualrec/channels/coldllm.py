@@ -270,10 +270,13 @@ def coldllm_search(filter_emb: np.ndarray, items: pa.Table, index, simulator, us
     lens = np.array([len(u) for u in users], np.int64)
     pairs = pa.table({"batch": pa.array(np.repeat(batch, lens), pa.int32()), "item_id": pa.array(np.repeat(ids, lens), pa.int64()),
                       "user_id": pa.array(np.concatenate([*users, np.zeros(0, np.int64)]), pa.int64())})
-    prepare = getattr(simulator, "prepare", None)
-    if callable(prepare):
-        prepare(ctx, items, pairs)
-    probs = simulator.simulate_batch(items, users)
+    if c.update_mix <= 0:  # filter only: the simulator could not change anything, do not run it
+        probs = [np.zeros(len(u)) for u in users]
+    else:
+        prepare = getattr(simulator, "prepare", None)
+        if callable(prepare):
+            prepare(ctx, items, pairs)
+        probs = simulator.simulate_batch(items, users)
     if len(probs) != len(users):
         raise ValueError(f"coldllm simulator returned {len(probs)} probability arrays for {len(users)} items")
     u_ids, u_emb = user_lookup(np.unique(pairs.column("user_id").to_numpy()))
