@@ -257,13 +257,16 @@ def lift_scores(users: list[np.ndarray], probs: list[np.ndarray]) -> list[np.nda
 
 def updated_embeddings(filter_emb: np.ndarray, users: list[np.ndarray], probs: list[np.ndarray], user_ids: np.ndarray,
                        user_emb: np.ndarray, n_positive: int, min_probability: float, mix: float,
-                       rank_by: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       rank_by: list[np.ndarray] | None = None, contrast: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 4 with frozen user embeddings: e = (1 - mix) f + mix * m, m = sum(p e_u) / sum(p) over each item's
     ``n_positive`` most probable users with p >= ``min_probability`` and p > 0 (ties: smaller user id),
     rescaled to |f| (user and item vectors of a two-tower model differ in norm; only the direction
     of m should move f, and the inner-product search then sees the filter's scale). ``rank_by``
     (e.g. :func:`lift_scores`) picks the ``n_positive`` users instead of the probabilities; the
-    weights stay the probabilities.
+    weights stay the probabilities. ``contrast``: m is the simulated users' mean minus the mean of
+    all the item's filtered users (one BPR-like step: positives against the filtered negatives),
+    which removes the direction every user shares (without it the mean of any 20 users points
+    at the generally popular users).
 
     ``user_ids`` sorted, ``user_emb`` their rows. Returns (embeddings, simulated positives per item);
     an item with no simulated positive keeps its filter embedding."""
@@ -286,6 +289,8 @@ def updated_embeddings(filter_emb: np.ndarray, users: list[np.ndarray], probs: l
         idx = idx[np.lexsort((u[idx], -key[idx]))][:n_positive]
         w = p[idx]
         mean = (w[:, None] * user_emb[rows[idx]].astype(np.float64)).sum(0) / w.sum()
+        if contrast:
+            mean = mean - user_emb[rows[rows >= 0]].astype(np.float64).mean(0)
         f = filter_emb[r].astype(np.float64)
         nm, nf = np.linalg.norm(mean), np.linalg.norm(f)
         if nm > 0 and nf > 0:

@@ -387,3 +387,16 @@ def test_lift_selection_prefers_item_specific_users():
     assert by_p[0] == pytest.approx([0.5, 0.5])  # the active user 1
     assert by_lift[0] == pytest.approx([0.5, -0.5]) and by_lift[1] == pytest.approx([0.5, 0.5])
     assert lift_scores([np.array([3])], [np.zeros(1)])[0].tolist() == [0.0]
+
+
+def test_contrast_update_removes_the_shared_user_direction():
+    from models.coldllm import updated_embeddings
+
+    # every user shares the direction (0, 10); user 1 is the simulated positive
+    uemb = np.array([[1.0, 10.0], [-1.0, 10.0], [0.0, 10.0]], np.float32)
+    f = np.array([[0.0, 1.0]], np.float32)
+    users, probs = [np.array([1, 2, 3])], [np.array([1.0, 0.0, 0.0])]
+    plain, _ = updated_embeddings(f, users, probs, np.array([1, 2, 3]), uemb, 1, 0.0, 0.5)
+    con, _ = updated_embeddings(f, users, probs, np.array([1, 2, 3]), uemb, 1, 0.0, 0.5, contrast=True)
+    assert plain[0][1] > 0.99 * (0.5 + 0.5 * 10 / np.sqrt(101))  # pulled along the shared direction
+    assert con[0] == pytest.approx([0.5, 0.5])  # only user 1's own direction (1, 0) is added

@@ -282,7 +282,7 @@ def coldllm_search(filter_emb: np.ndarray, items: pa.Table, index, simulator, us
     u_ids, u_emb = user_lookup(np.unique(pairs.column("user_id").to_numpy()))
     rank_by = lift_scores(users, probs) if c.select_by == "lift" else None
     emb, n_sim = updated_embeddings(filter_emb, users, probs, u_ids, u_emb, c.simulated_positives, c.min_probability, c.update_mix,
-                                    rank_by)
+                                    rank_by, contrast=c.update == "contrast")
     table = search_candidates(ids, emb, index.search, k)
     stats = {"items": int(len(ids)), "filtered_pairs": int(pairs.num_rows),
              "items_updated": int((n_sim > 0).sum()), "mean_simulated_positives": round(float(n_sim.mean()), 3),
