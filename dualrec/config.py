@@ -541,7 +541,7 @@ class ColdLLMConfig(_Section):
     simulated_positives: int = Field(20, ge=1, description="simulated users kept per item, by probability (paper: 20)")
     min_probability: float = Field(0.0, ge=0, le=1, description="a user below this probability is never a simulated positive")
     update: Literal["mean", "contrast"] = Field(
-        "mean",
+        "contrast",
         description="direction the simulated users add: their weighted mean, or that mean minus the mean of all the "
         "item's filtered users (positives against the filtered negatives)",
     )

@@ -239,7 +239,7 @@ def test_custom_simulator_from_config_gets_the_filtered_users(lake, spark, sims)
     from dualrec.channels.base import get_channel
 
     sims.CALLS.clear()
-    ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Recording"})
+    ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Recording", "coldllm.update": "mean"})
     got = _by_item(get_channel("coldllm").retrieve(ctx, _items_df(ctx)))
     ids, f = _filter_emb(lake)
     prep = [c for c in sims.CALLS if c[0] == "prepare"]

@@ -11,9 +11,11 @@ For each of D's new items:
    pairs with the rank stage's own point-in-time features (:func:`dualrec.ranking.scoring_tables`:
    users as of D, items at their batch cutoff), P = 1 - prod(1 - s_m) over
    ``coldllm.simulator_tasks``;
-3. **update** (Eq. 4): e = (1 - w) f + w * probability-weighted mean embedding of the
-   ``coldllm.simulated_positives`` most probable users (``w`` = ``coldllm.update_mix``; no user
-   with p > 0 -> e = f), then the user index is searched again with e for the channel's K.
+3. **update** (Eq. 4): e = (1 - w) f + w * m, m = probability-weighted mean embedding of the
+   ``coldllm.simulated_positives`` most probable users minus the mean of all the item's filtered
+   users (``coldllm.update: contrast``, default; ``mean`` keeps the plain mean), rescaled to |f|
+   (``w`` = ``coldllm.update_mix``; no user with p > 0 -> e = f), then the user index is searched
+   again with e for the channel's K.
    Score = e . e_u.
 
 An LLM-backed simulator
