@@ -569,6 +569,58 @@ class NextUserConfig(_Section):
     infer_batch: int = Field(1024, ge=1)
 
 
+class ColdLLMConfig(_Section):
+    """ColdLLM coupled-funnel channel (papers/coldllm-llm-simulator.txt): filter -> simulator -> updated
+    embedding. Small CPU defaults; the simulator is a "module:Class" (default: our multi-task ranker)."""
+
+    filter_k: int = Field(300, ge=1, description="users the content filter hands to the simulator per item (paper: hundreds)")
+    simulator: str = Field(
+        "dualrec.channels.coldllm:RankerSimulator",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="the InteractionSimulator implementation, 'module:Class' (dualrec.channels.coldllm docstring)",
+    )
+    simulator_tasks: list[Feedback] = Field(
+        default_factory=lambda: list(VISIBLE_FEEDBACKS), min_length=1,
+        description="RankerSimulator: P(interaction) = 1 - prod(1 - s_m) over these ranker tasks",
+    )
+    simulated_positives: int = Field(20, ge=1, description="simulated users kept per item, by probability (paper: 20)")
+    min_probability: float = Field(0.0, ge=0, le=1, description="a user below this probability is never a simulated positive")
+    update: Literal["mean", "contrast"] = Field(
+        "contrast",
+        description="direction the simulated users add: their weighted mean, or that mean minus the mean of all the "
+        "item's filtered users (positives against the filtered negatives)",
+    )
+    select_by: Literal["probability", "lift"] = Field(
+        "probability",
+        description="which simulated users are kept: the most probable, or the highest lift p(u,i) / mean_i' p(u,i') "
+        "over the day's filtered items (picks item-specific users rather than the generally active ones)",
+    )
+    update_mix: float = Field(
+        0.5, ge=0, le=1,
+        description="updated embedding = (1-w) filter + w probability-weighted mean of the simulated users, the mean "
+        "rescaled to the filter's norm (0: filter only)",
+    )
+    filter_target: Literal["item_tower", "positive_users"] = Field(
+        "item_tower",
+        description="behaviour embedding the filter is distilled from: the two-tower item tower WITH the warm item's "
+        "trained ID embedding, or the mean two-tower embedding of the item's positive users",
+    )
+    train_window_days: int = Field(14, ge=1, description="filter training: warm items uploaded in [D-W, D-1], positives before D")
+    min_positives: int = Field(2, ge=1, description="a training item needs this many positive users with an embedding")
+    max_positives: int = Field(200, ge=1, description="most recent positive users averaged into an item's behaviour target")
+    max_train_items: int = Field(50_000, ge=1)
+    hidden: int = Field(128, ge=1)
+    id_buckets: int = Field(1 << 16, ge=2)
+    cat_buckets: int = Field(256, ge=2)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.003, gt=0)
+    cosine_weight: float = Field(1.0, ge=0, description="distillation loss = cosine_weight (1 - cos) + mse_weight MSE")
+    mse_weight: float = Field(1.0, ge=0)
+    warm_start: bool = True
+    torch_threads: int = Field(1, ge=1)
+
+
 class DualRecConfig(_Section):
     """The single configuration object of the pipeline."""
 
@@ -579,6 +631,7 @@ class DualRecConfig(_Section):
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     next_user: NextUserConfig = Field(default_factory=NextUserConfig)
+    coldllm: ColdLLMConfig = Field(default_factory=ColdLLMConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

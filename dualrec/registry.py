@@ -8,6 +8,7 @@ an artefact) means editing this table only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -79,11 +80,28 @@ def table_producer(table: str) -> str | None:
     return None
 
 
+_derived_producers: Callable[[], dict[str, str]] | None = None
+
+
+def use_artifact_producers(producers: Callable[[], dict[str, str]] | None) -> None:
+    """Install the source of derived artefact producers (artefact -> stage).
+
+    The channel registry (:mod:`dualrec.channels`, a higher layer) installs it when imported: a
+    channel that declares a trainer names the stage that trains its ``_models/<channel>``
+    artefact, so a new trained channel needs no edit of :data:`STAGE_SPECS`."""
+    global _derived_producers
+    _derived_producers = producers
+
+
 def artifact_producer(artifact: str) -> str:
     """The stage that writes artefact ``artifact`` (its own name when no stage declares it)."""
     for s in STAGE_SPECS:
         if artifact in s.artifacts:
             return s.name
+    if _derived_producers is not None:
+        stage = _derived_producers().get(artifact)
+        if stage:
+            return stage
     return artifact
 
 

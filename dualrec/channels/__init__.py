@@ -23,10 +23,14 @@ from dualrec.channels.base import (
     registered_names,
     unregister,
 )
+from dualrec.channels.base import trained_artifacts
 from dualrec.config import use_channel_registry
+from dualrec.registry import use_artifact_producers
 
 # config validates retrieval.channels / retrieval.k against this registry at load time
 use_channel_registry(registered_names)
+# a trained channel's artefact names the stage that trains it (no edit of dualrec.registry)
+use_artifact_producers(trained_artifacts)
 
 __all__ = [
     "REGISTRY", "Channel", "ChannelContext", "ChannelSpec", "channel_k", "channel_names", "channel_shares",

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dualrec.lake import LakeError
+from dualrec.registry import artifact_producer
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +230,19 @@ def check_channel_inputs(lake, day: dt.date, names: list[str], producer: Callabl
                 )
         for a in spec.artifacts:
             if not lake.is_complete(lake.model_rel(a, day)):
+                by = artifact_producer(a)
+                hint = f"; run stage {by!r} for {day} with this channel enabled first" if by != a else ""
                 raise LakeError(
                     f"artefact {a!r} for dt={day} is missing at {lake.uri(lake.model_rel(a, day))} "
-                    f"(needed by retrieval channel {n!r})"
+                    f"(needed by retrieval channel {n!r}){hint}"
                 )
+
+
+def trained_artifacts() -> dict[str, str]:
+    """Artefact -> stage for every registered channel with a trainer: the trainer publishes
+    ``_models/<channel name>`` in the stage ``trained_in`` (installed into
+    :func:`dualrec.registry.artifact_producer`, so a missing artefact names its stage)."""
+    return {n: s.trained_in for n, s in registered_channels().items() if s.trainer and s.trained_in and n in s.artifacts}
 
 
 def trainers_for(stage: str, names: list[str]) -> list[tuple[str, Callable[[Any], dict]]]:
