@@ -25,6 +25,8 @@ import pyarrow as pa
 from dualrec.batches import batch_cutoff_col
 from dualrec.lake import parse_date
 from dualrec.stats import roc_auc
+from models.promo import batch_end_us, batch_start_us, completion_rate, feedback_value, pinnacle_lists
+from schemas.feedback import VISIBLE_FEEDBACKS
 from models.ranker import (
     TASKS,
     SideArrays,
@@ -589,8 +591,6 @@ def feedback_events(lake, start: dt.date, end: dt.date, cfg) -> dict[str, np.nda
     view. Arrow + NumPy (no Spark job): five columns of a few million rows."""
     import pyarrow.compute as pc
 
-    from models.promo import completion_rate, feedback_value
-    from schemas.feedback import VISIBLE_FEEDBACKS
 
     pcfg = cfg.rank.promo
     days = _days(start, end)
@@ -628,7 +628,6 @@ def promo_lists(lake, q_item: np.ndarray, q_cutoff_us: np.ndarray, first: dt.dat
     [first, last] strictly before each cutoff (point-in-time), S^I of the upload days in range.
 
     Unique (item, cutoff) pairs are solved once and broadcast back to the queries."""
-    from models.promo import pinnacle_lists
 
     q = np.stack([np.asarray(q_item, np.int64), np.asarray(q_cutoff_us, np.int64)], 1)
     uq, inv = np.unique(q, axis=0, return_inverse=True) if len(q) else (q, np.zeros(0, np.int64))
@@ -646,7 +645,6 @@ def promo_training_lists(lake, pdf, cfg):
     """PROMO lists of training / held-out rows (``item_id``, ``ts``, ``row_day``): each row's cutoff
     is the start of the dispatch batch containing its timestamp, so only feedback that a batch
     scored at that time could have seen is used (never the row's own or later feedback)."""
-    from models.promo import batch_start_us
 
     ts = _epoch_us(pdf["ts"])
     cut = batch_start_us(ts, cfg.dispatch.batches_per_day)
@@ -671,7 +669,6 @@ def promo_scoring_lists(lake, day: dt.date, item_ids: np.ndarray, item_batch: tu
     """PROMO lists of D's candidate items at their batch cutoffs, in ``item_ids`` order.
 
     ``item_batch``: (item IDs, batch) arrays; an item in several batches takes its earliest."""
-    from models.promo import batch_end_us
 
     b_items, b_batch = (np.asarray(a, np.int64) for a in item_batch)
     o = np.lexsort((b_batch, b_items))
