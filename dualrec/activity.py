@@ -712,7 +712,8 @@ def value_sized_n(
     v, V = value_curve(p_active, n_items, L, Q, min_p=min_p, slot_value=slot_value)
     if n_items == 0 or v.size == 0:
         return int(min(min_available, v.size))
-    n = int(np.argmax(V)) + 1  # argmax: the first (smallest) N reaching the maximum
+    top = float(V.max())
+    n = int(np.argmax(V >= top - 1e-9 * abs(top))) + 1  # the smallest N reaching the maximum (rounding-proof)
     return int(min(max(n, int(min_available)), v.size))
 
 
