@@ -26,7 +26,7 @@ def test_value_curve_is_the_model_on_ten_rows():
 def test_value_n_rises_with_demand_and_is_capped_by_eligible_users():
     rng = np.random.default_rng(3)
     p = rng.random(10)
-    ns = [A.value_sized_n(p, k, L=3, Q=2) for k in range(0, 12)]
+    ns = [A.value_sized_n(p, k, L=3, Q=2) for k in range(12)]
     assert ns[0] == 0  # nothing uploaded: nobody needed
     assert all(a <= b for a, b in zip(ns, ns[1:]))  # monotonic in the demand
     assert max(ns) == 10  # never more users than there are

@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import logging
+import math
 import posixpath
 import uuid
 from collections.abc import Callable
@@ -296,7 +297,7 @@ def plot_size_curve(m: dict) -> Figure:
     ax1.set_title("Hit rate and coverage against N")
     ax1.legend(fontsize=8)
     fb = ys("expected_feedback")
-    if any(v == v for v in fb):
+    if any(not math.isnan(v) for v in fb):
         ax2.plot(n, fb, marker="o", color="#c44e52", label="expected feedback (truth)")
         ax2.set_title("Expected visible feedback against N")
     else:

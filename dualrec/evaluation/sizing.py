@@ -47,7 +47,7 @@ POINT_KEYS = ("n", "computable", "hit_rate", "coverage", "fair_served", "pairs",
 
 def size_grid(n_available: int, n_users: int, fractions: Sequence[float], extra: Sequence[int] = ()) -> list[int]:
     """Sorted distinct N: round(f x n_available) for each f, and ``extra``; each in [1, n_users]."""
-    ns = {int(round(f * n_available)) for f in fractions} | {int(n) for n in extra}
+    ns = {round(f * n_available) for f in fractions} | {int(n) for n in extra}
     return sorted(n for n in ns if 1 <= n <= n_users) if n_users else []
 
 
