@@ -393,7 +393,7 @@ class MetricsConfig(_Section):
         1e-4, gt=0, description="relative gap between the optimum's bounds under which it counts as exact (certified)"
     )
     truth_chunk_pairs: int = Field(2_000_000, ge=1, description="pairs per Truth call (memory bound)")
-    size_curve_fractions: list[float] = Field(
+    size_curve_fractions: list[Annotated[float, Field(gt=0, le=100)]] = Field(
         [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
         description="activity.size_curve: the day's dispatch is re-run for N = round(f * available users) for each f "
         "(plus the N of each activity policy); points above the available users are null (no ranked scores); [] = off",

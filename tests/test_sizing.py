@@ -82,6 +82,10 @@ def test_config_accepts_value_and_refuses_bad_knobs():
     for bad in ({"policy": "values"}, {"value_min_p": -0.1}, {"value_min_p": 1.5}, {"value_min_p": float("nan")}):
         with pytest.raises(ValidationError):
             DualRecConfig.model_validate({"activity": bad})
+    assert DualRecConfig.model_validate({"metrics": {"size_curve_fractions": []}}).metrics.size_curve_fractions == []
+    for bad in ([0.0], [-1.0], [float("inf")], ["half"]):
+        with pytest.raises(ValidationError):
+            DualRecConfig.model_validate({"metrics": {"size_curve_fractions": bad}})
 
 
 # ---------------------------------------------------------------------- the curve in evaluate
