@@ -145,10 +145,11 @@ class ActivityConfig(_Section):
         "(the latest labelled day D is the early-stopping set)",
     )
     max_train_rows: int = Field(400_000, ge=1)
-    policy: Literal["top_n", "probability"] = Field(
+    policy: Literal["top_n", "value", "probability"] = Field(
         "top_n",
-        description="top_n: keep the N most likely users, N = items * L / Q * slack; "
-        "probability: keep users with p_active >= probability_threshold",
+        description="top_n: keep the N most likely users, N = items * L / Q * slack, capped at the expected visitors; "
+        "value: N maximises a model of the day's expected feedback (dualrec.activity.value_sized_n: ~ items * L / Q, "
+        "no sum-p cap); probability: keep users with p_active >= probability_threshold",
     )
     probability_threshold: float = Field(0.5, gt=0, le=1)
     slack: float = Field(3.0, gt=0)
@@ -157,6 +158,11 @@ class ActivityConfig(_Section):
         1.0, ge=0,
         description="top_n: N is also capped at ceil(expected_active_cap * sum(p_active)), the model's expected "
         "number of visitors tomorrow; 0 disables the cap (pure demand-derived N)",
+    )
+    value_min_p: float = Field(
+        0.0, ge=0, le=1,
+        description="value: users below this p_active are never made available (the least a pair to an absent user "
+        "must be worth); 0 = every user with p_active > 0 is eligible",
     )
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1)
@@ -432,6 +438,11 @@ class MetricsConfig(_Section):
         1e-4, gt=0, description="relative gap between the optimum's bounds under which it counts as exact (certified)"
     )
     truth_chunk_pairs: int = Field(2_000_000, ge=1, description="pairs per Truth call (memory bound)")
+    size_curve_fractions: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
+        description="activity.size_curve: the day's dispatch is re-run for N = round(f * available users) for each f "
+        "(plus the N of each activity policy); points above the available users are null (no ranked scores); [] = off",
+    )
     calibration_bins: int = Field(10, ge=1)
 
 

@@ -42,7 +42,7 @@ def test_choices_are_enums_in_the_schema():
     props = {name: d["properties"] for name, d in schema["$defs"].items()}
     assert props["DispatchConfig"]["policy"]["enum"] == ["arrival", "matching", "paced", "optimal"]
     assert "engine" not in props["DispatchConfig"]  # the second dispatch engine is gone (issue 13.5)
-    assert props["ActivityConfig"]["policy"]["enum"] == ["top_n", "probability"]
+    assert props["ActivityConfig"]["policy"]["enum"] == ["top_n", "value", "probability"]
     assert set(props["RankConfig"]["beta"]["propertyNames"]["enum"]) == {
         "like", "comment", "follow", "share", "profile_enter", "long_view"}
     assert "dispatch.policy" in _refused({"dispatch": {"policy": "Arrival"}})

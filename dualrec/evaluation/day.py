@@ -43,6 +43,7 @@ from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.evaluation import baselines as B
 from dualrec.evaluation import optimum as O
 from dualrec.evaluation.experiment import experiment_section
+from dualrec.evaluation.sizing import size_curve
 from dualrec.evaluation.figures import (
     PAPER_CHANNEL_SHARE,
     PAPER_HIT_RATE,
@@ -530,11 +531,14 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
     share, _ = channel_shares(inp.match_t.column("channels")) if inp.match_t is not None else ({}, {})
     chans = list(dict.fromkeys([*channel_names(cfg), *share]))  # configured channels, then any in the data
     quality, retrieval = quality_section(lake, inp, cfg, chans, rng, horizon_days)
+    act = activity_section(inp, cfg)
+    act["size_curve"] = size_curve(lake, day, cfg, inp.scores, None if inp.items is None else inp.items.num_rows,
+                                   inp.visits_n, truth_scorer(lake, nxt) if quality["truth_available"] else None)
     result = {
         "date": day.isoformat(),
         "eval_day": nxt.isoformat(),
         "inputs": inputs,
-        "activity": activity_section(inp, cfg),
+        "activity": act,
         "dispatch": dispatch_section(lake, inp, cfg, chans, spark),
         "quality": quality,
         "index": index_recall(lake, day),
@@ -564,6 +568,7 @@ def _json_default(o: Any) -> Any:
 # ============================================================================ metrics table rows
 REQUIRED_PATHS: tuple[str, ...] = (
     "activity.auc", "activity.auc_baseline_last_day", "activity.hit_rate", "activity.hit_rate_all_users",
+    "activity.size_curve",
     "dispatch.items", "dispatch.items_covered", "dispatch.items_full", "dispatch.max_du", "dispatch.q",
     "dispatch.l", "dispatch.users_matched", "dispatch.channel_share",
     "dispatch.coverage", "dispatch.fair_share", "dispatch.fair_served", "dispatch.users_per_item_gini",

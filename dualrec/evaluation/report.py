@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import logging
+import math
 import posixpath
 import uuid
 from collections.abc import Callable
@@ -272,12 +273,52 @@ def plot_truth_recall(m: dict) -> Figure:
     return fig
 
 
+def plot_size_curve(m: dict) -> Figure:
+    """Issue 15 item 3: N (available users) against hit rate, coverage and expected feedback, the
+    day's dispatch re-run offline for each N; the N of each activity policy marked."""
+    fig = Figure(figsize=(10, 3.6))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    sc = _g(m, "activity.size_curve") or {}
+    pts = [p for p in (sc.get("points") or []) if p.get("computable")]
+    if not pts:
+        _na(ax1, "size curve")
+        _na(ax2, "size curve")
+        return fig
+    n = [p["n"] for p in pts]
+
+    def ys(k):
+        return [p[k] if p.get(k) is not None else float("nan") for p in pts]
+
+    ax1.plot(n, ys("hit_rate"), marker="o", color="#4c72b0", label="hit rate")
+    ax1.plot(n, ys("coverage"), marker="s", color="#55a868", label="coverage")
+    ax1.plot(n, ys("fair_served"), marker="^", color="#8172b3", label="fair served")
+    ax1.set_ylim(0, 1.05)
+    ax1.set_xlabel("available users N")
+    ax1.set_title("Hit rate and coverage against N")
+    ax1.legend(fontsize=8)
+    fb = ys("expected_feedback")
+    if any(not math.isnan(v) for v in fb):
+        ax2.plot(n, fb, marker="o", color="#c44e52", label="expected feedback (truth)")
+        ax2.set_title("Expected visible feedback against N")
+    else:
+        ax2.plot(n, ys("model_value"), marker="o", color="#937860", label="sizing model V(N)")
+        ax2.set_title("Sizing model V(N) (no truth)")
+    ax2.set_xlabel("available users N")
+    for ax in (ax1, ax2):
+        for key, label, style in (("n_available", "today", "-"), ("n_top_n", "top_n", "--"), ("n_value", "value", ":")):
+            if sc.get(key):
+                ax.axvline(sc[key], color="grey", ls=style, lw=1, label=f"N {label} = {sc[key]:,}")
+    ax2.legend(fontsize=8)
+    return fig
+
+
 DAY_PLOTS: list[tuple[str, str, Callable[[dict], Figure]]] = [
     ("du_hist.png", "|D_u| distribution with and without the available-user store", plot_du_hist),
     ("channels.png", "Channel exposure shares vs paper Table 3", plot_channels),
     ("coverage.png", "Item coverage", plot_coverage),
     ("coverage_by_hour.png", "Coverage by upload hour", plot_coverage_by_hour),
     ("activity.png", "Activity calibration and hit rate", plot_activity),
+    ("size_curve.png", "Size of the available set N against hit rate, coverage and expected feedback", plot_size_curve),
     ("baselines.png", "Comparison with baselines", plot_baselines),
     ("truth_recall.png", "Retrieval recall of the true best users", plot_truth_recall),
     ("ranking_auc.png", "Ranking AUC per task", plot_ranking),
@@ -429,7 +470,23 @@ def day_context(day: dt.date, metrics: dict, images: list[tuple[str, str]]) -> d
         "pool": _g(metrics, "quality.optimum_pool_users"), "exact": _g(metrics, "quality.optimum_exact"),
         "screened": _g(metrics, "quality.optimum_screened_users"), "gap": fmt(_g(metrics, "quality.optimum_gap"), "pct"),
         "experiment": experiment_context(metrics),
+        "size": size_context(metrics),
     }
+
+
+def size_context(metrics: dict) -> dict[str, Any] | None:
+    """The size curve as table rows (null points shown as n/a; nothing when the day has no scores)."""
+    sc = _g(metrics, "activity.size_curve")
+    if not isinstance(sc, dict) or sc.get("n_available") is None:
+        return None
+    rows = [{"n": fmt(p.get("n"), "int"), "computable": fmt(p.get("computable")), "hit": fmt(p.get("hit_rate"), "pct"),
+             "coverage": fmt(p.get("coverage"), "pct"), "fair": fmt(p.get("fair_served"), "pct"),
+             "pairs": fmt(p.get("pairs"), "int"), "feedback": fmt(p.get("expected_feedback")),
+             "reach": fmt(p.get("items_reaching_feedback"), "pct"), "model": fmt(p.get("model_value"))}
+            for p in sc.get("points") or []]
+    return {"rows": rows, "available": fmt(sc.get("n_available"), "int"), "top_n": fmt(sc.get("n_top_n"), "int"),
+            "value": fmt(sc.get("n_value"), "int"), "policy": fmt(sc.get("policy")), "dispatch": fmt(sc.get("dispatch_policy")),
+            "users": fmt(sc.get("n_users"), "int"), "sum_p": fmt(sc.get("sum_p_active"))}
 
 
 def render_day_html(day: dt.date, metrics: dict, images: list[tuple[str, str]]) -> str:

@@ -79,6 +79,7 @@ def run(ctx: StageContext) -> dict:
     stats = {
         "users": written.num_rows,
         "available": n_avail,
+        "policy": acfg.policy,
         "top_n": n_target,
         "items": n_items,
         "train_days": len(targets),
