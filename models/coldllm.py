@@ -38,10 +38,9 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from dualrec import artifacts
 from models import torch_threads
 from models.ranker import TASKS, SideArrays, featurize_pairs, predict
-from models.torch_io import load_state, save_model
+from models.torch_io import load_model, load_state, save_model
 from models.two_tower import emb_matrix, hash_ids
 from models.two_tower import encode_items as two_tower_items
 
@@ -308,16 +307,8 @@ def save_filter(model: ContentFilter, lake, rel: str, manifest: dict[str, Any]) 
 
 def load_filter(lake, day: dt.date | str) -> ContentFilter:
     """The filter of ``_models/coldllm/dt=day``; a missing/corrupt artefact names its file and stage."""
-    manifest = artifacts.read_manifest(lake, MODEL_NAME, day, version=VERSION)
-    path = artifacts.artifact_file(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE))
-    try:
-        with lake.fs.open_input_stream(path) as f:
-            blob = f.read()
-        model = load_state(ContentFilter.from_spec(manifest["spec"]), blob)
-    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
-        raise artifacts.corrupt_error(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE), e) from e
-    model.manifest = manifest  # type: ignore[attr-defined]
-    return model
+    return load_model(lake, MODEL_NAME, day, VERSION, WEIGHTS_FILE,
+                      lambda spec, blob: load_state(ContentFilter.from_spec(spec), blob))
 
 
 __all__ = [

@@ -45,8 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualrec import artifacts
-from models.torch_io import load_state, optimizer_step, save_model, sparse_dense_optimizers
+from models.torch_io import load_model, load_state, optimizer_step, save_model, sparse_dense_optimizers
 from models.two_tower import hash_ids
 
 log = logging.getLogger(__name__)
@@ -412,16 +411,8 @@ def save_next_user(model: NextUserModel, lake, rel: str, manifest: dict[str, Any
 
 def load_next_user(lake, day: dt.date | str) -> NextUserModel:
     """The model of ``_models/next_user/dt=day``; a missing/corrupt artefact names its file and stage."""
-    manifest = artifacts.read_manifest(lake, MODEL_NAME, day, version=VERSION)
-    path = artifacts.artifact_file(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE))
-    try:
-        with lake.fs.open_input_stream(path) as f:
-            blob = f.read()
-        model = load_state(NextUserModel.from_spec(manifest["spec"]), blob)
-    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
-        raise artifacts.corrupt_error(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE), e) from e
-    model.manifest = manifest  # type: ignore[attr-defined]
-    return model
+    return load_model(lake, MODEL_NAME, day, VERSION, WEIGHTS_FILE,
+                      lambda spec, blob: load_state(NextUserModel.from_spec(spec), blob))
 
 
 __all__ = [

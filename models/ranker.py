@@ -38,11 +38,10 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from dualrec import artifacts
 from dualrec.hashing import hash_bucket as hash_ids
 from models import torch_threads
 from models.promo import PinnacleLists, PromptNet, masked_mean, pinnacle_loss, popularity_loss
-from models.torch_io import load_state, save_model, state_to_bytes
+from models.torch_io import load_model, load_state, save_model, state_to_bytes
 from schemas.feedback import RANK_TASKS
 
 log = logging.getLogger(__name__)
@@ -687,16 +686,7 @@ def save_ranker(model: MultiTaskRanker, lake, rel: str, manifest: dict[str, Any]
 def load_ranker(lake, day) -> MultiTaskRanker:
     """The ranker artefact ``_models/ranker/dt=day`` (manifest attached as ``.manifest``)."""
 
-    manifest = artifacts.read_manifest(lake, MODEL_NAME, day, version=VERSION)
-    weights = manifest.get("weights", WEIGHTS_FILE)
-    path = artifacts.artifact_file(lake, MODEL_NAME, day, weights)
-    try:
-        with lake.fs.open_input_stream(path) as f:
-            model = model_from_bytes(manifest["spec"], f.read())
-    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
-        raise artifacts.corrupt_error(lake, MODEL_NAME, day, weights, e) from e
-    model.manifest = manifest  # type: ignore[attr-defined]
-    return model
+    return load_model(lake, MODEL_NAME, day, VERSION, WEIGHTS_FILE, model_from_bytes)
 
 
 __all__ = [

@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from dualrec import artifacts
 
 MANIFEST_FILE = "manifest.json"
 
@@ -61,3 +64,21 @@ def save_model(
     full = {"name": name, "version": version, "spec": spec, "weights": weights_file, **manifest}
     lake.write_text(posixpath.join(rel, MANIFEST_FILE), json.dumps(full, indent=2, sort_keys=True, default=str))
     return full
+
+
+def load_model(
+    lake, name: str, day, version: int, weights_file: str, from_bytes: Callable[[dict[str, Any], bytes], torch.nn.Module]
+) -> torch.nn.Module:
+    """The model of ``_models/<name>/dt=day`` (``from_bytes(spec, blob)`` rebuilds it), manifest attached as
+    ``.manifest``. Why one loader: a missing, other-version or corrupt artefact must name its file and the
+    stage that produces it the same way for every model."""
+    manifest = artifacts.read_manifest(lake, name, day, version=version)
+    weights = manifest.get("weights", weights_file)
+    path = artifacts.artifact_file(lake, name, day, weights)
+    try:
+        with lake.fs.open_input_stream(path) as f:
+            model = from_bytes(manifest["spec"], f.read())
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
+        raise artifacts.corrupt_error(lake, name, day, weights, e) from e
+    model.manifest = manifest  # type: ignore[attr-defined]
+    return model

@@ -45,7 +45,7 @@ from torch import nn
 from dualrec import artifacts
 from dualrec.hashing import hash_bucket
 from models import torch_threads
-from models.torch_io import load_state, optimizer_step, save_model, sparse_dense_optimizers, state_to_bytes
+from models.torch_io import load_model, load_state, optimizer_step, save_model, sparse_dense_optimizers, state_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -450,16 +450,7 @@ def read_manifest(lake, day: dt.date | str, name: str = MODEL_NAME) -> dict[str,
 def load_two_tower(lake, day: dt.date | str) -> TwoTowerModel:
     """Load the two-tower model published for ``day`` (``_models/two_tower/dt=day``)."""
 
-    manifest = read_manifest(lake, day)
-    path = artifacts.artifact_file(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE))
-    try:
-        with lake.fs.open_input_stream(path) as f:
-            blob = f.read()
-        model = model_from_bytes(manifest["spec"], blob)
-    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt artefact
-        raise artifacts.corrupt_error(lake, MODEL_NAME, day, manifest.get("weights", WEIGHTS_FILE), e) from e
-    model.manifest = manifest  # type: ignore[attr-defined]
-    return model
+    return load_model(lake, MODEL_NAME, day, VERSION, WEIGHTS_FILE, model_from_bytes)
 
 
 def spec_matches(a: ModelSpec | dict[str, Any], b: ModelSpec | dict[str, Any]) -> bool:

@@ -275,6 +275,20 @@ def available_users(ctx):
     return df.where(F.col("available")).select("user_id").distinct()
 
 
+def driver_candidates(ctx, table):
+    """A channel's driver-side result (Arrow ``item_id, user_id, score``) as its output DataFrame,
+    restricted to the available users. Why: channels that search on the driver (next_user, coldllm)
+    must return the same typed frame, also when they found nothing."""
+    from pyspark.sql import types as T
+
+    if table.num_rows == 0:
+        return ctx.spark.createDataFrame([], T.StructType([T.StructField("item_id", T.LongType()),
+                                                          T.StructField("user_id", T.LongType()),
+                                                          T.StructField("score", T.FloatType())]))
+    df = ctx.spark.createDataFrame(table)
+    return df.join(available_users(ctx), "user_id", "left_semi").select("item_id", "user_id", "score")
+
+
 def seen_pairs(ctx, items_df):
     """(item_id, user_id) of D's new items that the user already interacted with before the
     item's micro-batch cutoff, i.e. what the dispatcher can know at dispatch time.

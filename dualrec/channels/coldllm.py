@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dualrec.channels.base import Channel, ChannelSpec, available_users, with_cutoff
+from dualrec.channels.base import Channel, ChannelSpec, driver_candidates, with_cutoff
 from dualrec.lake import Lake, LakeError, date_range
 
 log = logging.getLogger(__name__)
@@ -300,8 +300,6 @@ class ColdLLMChannel(Channel):
         self.simulator: Any = None
 
     def retrieve(self, ctx, items_df):
-        from pyspark.sql import types as T
-
         from dualrec.channels.next_user import user_table
         from models.ann import load_index
         from models.coldllm import encode_items, filter_embeddings, load_filter
@@ -323,12 +321,7 @@ class ColdLLMChannel(Channel):
         table, stats = coldllm_search(f, items, index, sim, lookup, cfg, self.k(cfg), ctx)
         self.last_stats = stats
         log.info("coldllm: %s -> %d candidates", stats, table.num_rows)
-        if table.num_rows == 0:
-            return ctx.spark.createDataFrame([], T.StructType([T.StructField("item_id", T.LongType()),
-                                                              T.StructField("user_id", T.LongType()),
-                                                              T.StructField("score", T.FloatType())]))
-        df = ctx.spark.createDataFrame(table)
-        return df.join(available_users(ctx), "user_id", "left_semi").select("item_id", "user_id", "score")
+        return driver_candidates(ctx, table)
 
 
 CHANNEL = ChannelSpec(

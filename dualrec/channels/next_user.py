@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dualrec.channels.base import Channel, ChannelSpec, available_users, with_cutoff
+from dualrec.channels.base import Channel, ChannelSpec, driver_candidates, with_cutoff
 from dualrec.config import EXPLICIT_FEEDBACKS
 from dualrec.lake import Lake, date_range
 
@@ -217,8 +217,6 @@ class NextUserChannel(Channel):
     name = NAME
 
     def retrieve(self, ctx, items_df):
-        from pyspark.sql import types as T
-
         from models.ann import load_index
         from models.next_user import load_next_user
 
@@ -226,12 +224,7 @@ class NextUserChannel(Channel):
         index = load_index(ctx.lake, "user_index", ctx.day)
         table = next_user_search(model, index, serving_inputs(ctx, items_df), self.k(ctx.cfg), ctx.cfg.next_user.infer_batch)
         log.info("next_user: %d candidates for %d items", table.num_rows, len(set(table.column("item_id").to_pylist())))
-        if table.num_rows == 0:
-            return ctx.spark.createDataFrame([], T.StructType([T.StructField("item_id", T.LongType()),
-                                                              T.StructField("user_id", T.LongType()),
-                                                              T.StructField("score", T.FloatType())]))
-        df = ctx.spark.createDataFrame(table)
-        return df.join(available_users(ctx), "user_id", "left_semi").select("item_id", "user_id", "score")
+        return driver_candidates(ctx, table)
 
 
 CHANNEL = ChannelSpec(
