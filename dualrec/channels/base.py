@@ -275,6 +275,22 @@ def available_users(ctx):
     return df.where(F.col("available")).select("user_id").distinct()
 
 
+def warm_start_model(lake, name: str, day, enabled: bool, load: Callable[[Any, Any], Any], spec) -> tuple[Any, Any]:
+    """(model, day it was trained) of the latest ``_models/<name>`` before ``day`` when its spec equals
+    ``spec``, else (None, None). Why: a trained channel fine-tunes yesterday's model, but only one of the
+    same shape (a config change of the network is a cold start)."""
+    from dataclasses import asdict
+
+    warm_from = lake.latest_model_before(name, day) if enabled else None
+    if warm_from is None:
+        return None, None
+    prev = load(lake, warm_from)
+    if asdict(prev.spec) == asdict(spec):
+        return prev, warm_from
+    log.info("%s: model dt=%s has another shape; cold start", name, warm_from)
+    return None, None
+
+
 def driver_candidates(ctx, table):
     """A channel's driver-side result (Arrow ``item_id, user_id, score``) as its output DataFrame,
     restricted to the available users. Why: channels that search on the driver (next_user, coldllm)

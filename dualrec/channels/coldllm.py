@@ -46,13 +46,12 @@ import datetime as dt
 import importlib
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from dualrec.channels.base import Channel, ChannelSpec, driver_candidates, with_cutoff
+from dualrec.channels.base import Channel, ChannelSpec, driver_candidates, warm_start_model, with_cutoff
 from dualrec.lake import Lake, LakeError, date_range
 
 log = logging.getLogger(__name__)
@@ -223,15 +222,7 @@ def train(ctx) -> dict[str, Any]:
     user_dim = inputs.get("user_dim") or load_two_tower(lake, day).spec.dim
     cdim = lake.emb_dim() or (len(inputs["items"].column("content_emb")[0]) if inputs["items"] is not None else 1)
     spec = FilterSpec.from_cfg(cfg.coldllm, cdim, user_dim)
-    warm_from = lake.latest_model_before(NAME, day) if cfg.coldllm.warm_start else None
-    model = None
-    if warm_from is not None:
-        prev = load_filter(lake, warm_from)
-        if asdict(prev.spec) == asdict(spec):
-            model = prev
-        else:
-            log.info("coldllm: filter dt=%s has another shape; cold start", warm_from)
-            warm_from = None
+    model, warm_from = warm_start_model(lake, NAME, day, cfg.coldllm.warm_start, load_filter, spec)
     model, metrics = fit(inputs, cfg, ctx.seed("coldllm.train"), cdim, user_dim, model)
     manifest = {
         "day": day.isoformat(),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dualrec.channels.base import Channel, ChannelSpec, driver_candidates, with_cutoff
+from dualrec.channels.base import Channel, ChannelSpec, driver_candidates, warm_start_model, with_cutoff
 from dualrec.config import EXPLICIT_FEEDBACKS
 from dualrec.lake import Lake, date_range
 
@@ -151,7 +151,6 @@ def fit(inputs: dict[str, Any], cfg, seed: int, model=None, content_dim: int | N
 
 def train(ctx) -> dict[str, Any]:
     """Trainer declared in :data:`CHANNEL`: train and publish ``_models/next_user/dt=D``."""
-    from dataclasses import asdict
 
     from models.next_user import NextUserSpec, load_next_user, save_next_user
 
@@ -161,15 +160,7 @@ def train(ctx) -> dict[str, Any]:
     users = inputs["users"]
     cdim = lake.emb_dim() or (len(inputs["items"].column("content_emb")[0]) if inputs["items"] is not None else 1)
     spec = NextUserSpec.from_cfg(cfg.next_user, users.emb.shape[1], cdim)
-    warm_from = lake.latest_model_before(NAME, day) if cfg.next_user.warm_start else None
-    model = None
-    if warm_from is not None:
-        prev = load_next_user(lake, warm_from)
-        if asdict(prev.spec) == asdict(spec):
-            model = prev
-        else:
-            log.info("next_user: model dt=%s has another shape; cold start", warm_from)
-            warm_from = None
+    model, warm_from = warm_start_model(lake, NAME, day, cfg.next_user.warm_start, load_next_user, spec)
     model, metrics = fit(inputs, cfg, ctx.seed("next_user.train"), model, cdim)
     manifest = {
         "day": day.isoformat(),
