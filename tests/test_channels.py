@@ -14,6 +14,8 @@ from dualrec.config import DualRecConfig, TwoTowerConfig
 from dualrec.lake import Lake
 from dualrec.stages.base import StageContext
 
+from channel_helpers import by_item, items_df
+
 D = dt.date(2026, 1, 10)
 UTC = dt.timezone.utc
 DIM = 4
@@ -85,19 +87,6 @@ def _ctx(lake, spark, **over) -> StageContext:
     return StageContext(lake=lake, day=D, cfg=cfg, _spark=spark)
 
 
-def _items_df(ctx):
-    from dualrec.stages.retrieve import day_items
-
-    return day_items(ctx)
-
-
-def _by_item(df) -> dict[int, dict[int, float]]:
-    out: dict[int, dict[int, float]] = {}
-    for r in df.collect():
-        out.setdefault(r["item_id"], {})[r["user_id"]] = r["score"]
-    return out
-
-
 # ---------------------------------------------------------------------- registry / interface
 class EchoChannel(Channel):
     name = "echo"
@@ -125,14 +114,14 @@ def test_registry_and_interface():
 
 def test_batches_of_items(lake, spark):
     ctx = _ctx(lake, spark)
-    got = {r["item_id"]: r["batch"] for r in _items_df(ctx).collect()}
+    got = {r["item_id"]: r["batch"] for r in items_df(ctx).collect()}
     assert got == {100: 0, 101: 2, 102: 3}
 
 
 # ---------------------------------------------------------------------- i2i2u
 def test_i2i2u_scores_and_point_in_time(lake, spark):
     ctx = _ctx(lake, spark)
-    got = _by_item(get_channel("i2i2u").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("i2i2u").retrieve(ctx, items_df(ctx)))
     # item 100 (cutoff 06:00): user 3's positive on item 50 at 08:00 is after the cutoff -> unused;
     # user 4 is unavailable; user 1 = 0.9*1 + 0.5*2
     assert set(got[100]) == {1, 2}
@@ -144,7 +133,7 @@ def test_i2i2u_scores_and_point_in_time(lake, spark):
 
 def test_i2i2u_top_k(lake, spark):
     ctx = _ctx(lake, spark, **{"retrieval.k": {"i2i2u": 1}})
-    got = _by_item(get_channel("i2i2u").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("i2i2u").retrieve(ctx, items_df(ctx)))
     assert got[100] == pytest.approx({1: 1.9})
     assert got[101] == pytest.approx({1: 0.2})  # tie broken by user_id
 
@@ -152,7 +141,7 @@ def test_i2i2u_top_k(lake, spark):
 # ---------------------------------------------------------------------- i2u2u
 def test_i2u2u_empty_without_feedback_and_point_in_time(lake, spark):
     ctx = _ctx(lake, spark)
-    got = _by_item(get_channel("i2u2u").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("i2u2u").retrieve(ctx, items_df(ctx)))
     # item 100: seed user 5 (02:00) -> 7, 8; seed user 6 (07:00) is after the 06:00 cutoff -> no user 9
     assert got[100] == pytest.approx({7: 0.8, 8: 0.4})
     assert 101 not in got and 102 not in got  # no feedback yet -> empty (paper)
@@ -160,7 +149,7 @@ def test_i2u2u_empty_without_feedback_and_point_in_time(lake, spark):
 
 def test_i2u2u_creator_seed_extension(lake, spark):
     ctx = _ctx(lake, spark, **{"retrieval.i2u2u_creator_seed": True})
-    got = _by_item(get_channel("i2u2u").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("i2u2u").retrieve(ctx, items_df(ctx)))
     # item 102 (creator 1, cutoff 24:00) is seeded by positives on creator 1's earlier item 100
     assert got[102] == pytest.approx({7: 0.4, 8: 0.2, 9: 0.45})
     assert got[100] == pytest.approx({7: 0.8, 8: 0.4})  # 102 is uploaded after 100's cutoff
@@ -192,8 +181,8 @@ def test_two_tower_driver_and_spark_paths_agree(lake, spark):
 
     model, index, vecs = _two_tower_artefacts(lake, spark)
     ctx = _ctx(lake, spark, **{"retrieval.k": {"two_tower": 3}, "retrieval.two_tower_driver_max_items": 1000})
-    items = _items_df(ctx)
-    drv = _by_item(get_channel("two_tower").retrieve(ctx, items))
+    items = items_df(ctx)
+    drv = by_item(get_channel("two_tower").retrieve(ctx, items))
     # exact reference: top 3 by inner product
     e = item_embeddings(model, lake.read_table("items", D))
     for row, iid in enumerate(lake.read_table("items", D).column("item_id").to_pylist()):
@@ -202,7 +191,7 @@ def test_two_tower_driver_and_spark_paths_agree(lake, spark):
         assert set(drv[iid]) == set(top.tolist())
         assert drv[iid][int(top[0])] == pytest.approx(float(s.max()), rel=1e-4)
     ctx2 = _ctx(lake, spark, **{"retrieval.k": {"two_tower": 3}, "retrieval.two_tower_driver_max_items": 0})
-    par = _by_item(get_channel("two_tower").retrieve(ctx2, items))
+    par = by_item(get_channel("two_tower").retrieve(ctx2, items))
     assert set(par) == set(drv)
     for iid in drv:
         assert par[iid] == pytest.approx(drv[iid], rel=1e-5)
@@ -211,7 +200,7 @@ def test_two_tower_driver_and_spark_paths_agree(lake, spark):
 # ---------------------------------------------------------------------- mixer and job
 def test_mixer_provenance_and_available_filter(lake, spark):
     ctx = _ctx(lake, spark)
-    items = _items_df(ctx)
+    items = items_df(ctx)
     from dualrec.channels.base import available_users
 
     mk = lambda rows: spark.createDataFrame(rows, "item_id long, user_id long, score float")  # noqa: E731
@@ -237,7 +226,7 @@ def test_pairs_seen_before_the_batch_cutoff_are_not_candidates(lake, spark, tmp_
 
     from dualrec.channels.base import available_users, seen_pairs
 
-    items = _items_df(_ctx(lake, spark))
+    items = items_df(_ctx(lake, spark))
     seen_lake = Lake(str(tmp_path / "seen"))
     # item 100 is in batch 0 (cutoff 06:00), item 102 in batch 3 (cutoff 24:00)
     rows = [(1, 100, ts(D, 5)), (2, 100, ts(D, 7)), (7, 102, ts(D, 21)), (9, 101, ts(D, 19))]
@@ -363,7 +352,7 @@ def test_next_user_channel_generates_for_items_without_positives(lake, spark):
     _, index, vecs = _two_tower_artefacts(lake, spark)
     model = _next_user_artefacts(lake)
     ctx = _ctx(lake, spark, **{"retrieval.k": {"next_user": 3}})
-    got = _by_item(get_channel("next_user").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("next_user").retrieve(ctx, items_df(ctx)))
     # every item gets K users, even 101 and 102 that have no positive user before their cutoff
     assert set(got) == {100, 101, 102} and all(len(v) == 3 for v in got.values())
     assert all(set(v) <= set(AVAILABLE) for v in got.values())

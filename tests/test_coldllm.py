@@ -15,6 +15,8 @@ from dualrec.config import DualRecConfig, TwoTowerConfig
 from dualrec.lake import Lake
 from dualrec.stages.base import StageContext
 
+from channel_helpers import by_item, items_df
+
 D = dt.date(2026, 1, 10)
 UTC = dt.timezone.utc
 DIM, UDIM = 4, 8
@@ -116,19 +118,6 @@ def _ctx(lake, spark, **over) -> StageContext:
     cfg = DualRecConfig.load(None, {"dispatch.batches_per_day": 4, "coldllm.filter_k": 10, "retrieval.k": {"coldllm": 5},
                                     **over})
     return StageContext(lake=lake, day=D, cfg=cfg, _spark=spark)
-
-
-def _items_df(ctx):
-    from dualrec.stages.retrieve import day_items
-
-    return day_items(ctx)
-
-
-def _by_item(df) -> dict[int, dict[int, float]]:
-    out: dict[int, dict[int, float]] = {}
-    for r in df.collect():
-        out.setdefault(r["item_id"], {})[r["user_id"]] = r["score"]
-    return out
 
 
 def _filter_emb(lake):
@@ -240,7 +229,7 @@ def test_custom_simulator_from_config_gets_the_filtered_users(lake, spark, sims)
 
     sims.CALLS.clear()
     ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Recording", "coldllm.update": "mean"})
-    got = _by_item(get_channel("coldllm").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("coldllm").retrieve(ctx, items_df(ctx)))
     ids, f = _filter_emb(lake)
     prep = [c for c in sims.CALLS if c[0] == "prepare"]
     assert prep == [("prepare", D, ids, 10 * len(ids))]
@@ -263,7 +252,7 @@ def test_zero_probability_simulator_falls_back_to_the_filter_embedding(lake, spa
     from dualrec.channels.base import get_channel
 
     ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Zero"})
-    got = _by_item(get_channel("coldllm").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("coldllm").retrieve(ctx, items_df(ctx)))
     ids, f = _filter_emb(lake)
     for r, i in enumerate(ids):
         assert set(got[i]) == set(_exact_top(lake, f[r], 5))
@@ -274,7 +263,7 @@ def test_filter_only_does_not_run_the_simulator(lake, spark, sims):
 
     sims.CALLS.clear()
     ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Recording", "coldllm.update_mix": 0.0})
-    got = _by_item(get_channel("coldllm").retrieve(ctx, _items_df(ctx)))
+    got = by_item(get_channel("coldllm").retrieve(ctx, items_df(ctx)))
     ids, f = _filter_emb(lake)
     assert sims.CALLS == []
     assert all(set(got[i]) == set(_exact_top(lake, f[r], 5)) for r, i in enumerate(ids))
@@ -285,10 +274,10 @@ def test_bad_simulator_is_refused(lake, spark, sims):
 
     ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Broken"})
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        get_channel("coldllm").retrieve(ctx, _items_df(ctx))
+        get_channel("coldllm").retrieve(ctx, items_df(ctx))
     ctx = _ctx(lake, spark, **{"coldllm.simulator": "coldllm_test_sims:Missing"})
     with pytest.raises(ValueError, match="coldllm.simulator"):
-        get_channel("coldllm").retrieve(ctx, _items_df(ctx))
+        get_channel("coldllm").retrieve(ctx, items_df(ctx))
 
 
 def test_channel_reaches_candidates_through_the_registry_and_is_deterministic(lake, spark, sims):
