@@ -81,6 +81,12 @@ def train_window(lake, day: dt.date, cfg, prev_day: dt.date | None, prev_train_e
     return start, end, warm
 
 
+def _keep_model(lake, day: dt.date, prev_day: dt.date, reason: str) -> dict:
+    """Publish the model of ``prev_day`` as D's (its train_end stays) and report it as kept."""
+    keep_previous(lake, "ranker", day, prev_day, reason)
+    return {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
+
+
 def train(ctx: StageContext) -> dict:
     """Train (or reuse) the ranker for D; returns the manifest-level report."""
 
@@ -109,8 +115,7 @@ def train(ctx: StageContext) -> dict:
             raise LakeError(f"ranker: {reason} and no earlier model to keep (a date with no prior history)")
         # a quiet day: keep the previous model (its train_end stays, so the next window covers these days)
         log.warning("ranker %s: %s; keeping the model of %s", day, reason, prev_day)
-        keep_previous(lake, "ranker", day, prev_day, reason)
-        return {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
+        return _keep_model(lake, day, prev_day, reason)
     frame_seconds = round(time.time() - t0, 3)
     t0 = time.time()
     cat, dense = featurize(pdf, spec)
@@ -187,9 +192,7 @@ def empty_day(ctx: StageContext) -> dict | None:
     if (day - prev_day).days < cfg.rank.cadence_days:
         train = {"trained": False, "model_day": str(prev_day)}
     else:
-        reason = f"no candidates on {day} (no uploads): nothing to score"
-        keep_previous(lake, "ranker", day, prev_day, reason)
-        train = {"trained": False, "kept_previous": str(prev_day), "model_day": str(day), "reason": reason}
+        train = _keep_model(lake, day, prev_day, f"no candidates on {day} (no uploads): nothing to score")
     write_empty(lake, "ranked", day)
     log.info("rank %s: no candidates; kept the model of %s, empty ranked published", day, prev_day)
     return {"train": train, "train_seconds": round(time.time() - t0, 3),
