@@ -180,6 +180,22 @@ def overlay(w: World, run_dir: Path) -> Path:
     return dst
 
 
+def snapshot_lake(lake: Path, run_dir: Path) -> Path:
+    """A hard-link copy of a warmed-up ``lake`` at ``run_dir/lake``, taken before D runs.
+
+    Why before D: D's lock and log files do not exist yet, so the two copies share no file that
+    D's run writes in place (every partition, model and cache entry is published by rename)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    dst = run_dir / "lake"
+    shutil.copytree(lake, dst, copy_function=os.link, ignore=shutil.ignore_patterns("_locks"))
+    for p in dst.glob("*.json"):
+        data = p.read_bytes()
+        p.unlink()
+        p.write_bytes(data)
+    return dst
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -442,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the run")
     ap.add_argument("--sample", type=float, default=0.5, help="sampling interval of CPU/RSS (s)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--warm", action="store_true",
+                    help="steady state: run D-1 first (untimed warm-up: models, caches), then time D")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -453,6 +471,19 @@ def main(argv: list[str] | None = None) -> int:
     lake = overlay(w, run_dir)
     day = w.day
     print(f"{args.preset}: world {w.path} ({meta['summary'].get('users')} users), day {day}, run in {lake}", flush=True)
+
+    warmup = None
+    snapshot = None
+    if args.warm:
+        warm_day = day - dt.timedelta(days=1)
+        print(f"warm-up: {warm_day} (untimed in the totals: it leaves the models and caches a daily run finds)",
+              flush=True)
+        rw = run_day(lake, warm_day, run_dir / "warmup.log", args.set, args.sample)
+        warmup = {"date": warm_day.isoformat(), "stage_seconds": {k: v["seconds"] for k, v in rw["stages"].items()},
+                  "total_seconds": round(sum(v["seconds"] for v in rw["stages"].values()), 2)}
+        print(f"warm-up done: {warmup['total_seconds']} s of stages", flush=True)
+        if args.contended:
+            snapshot = snapshot_lake(lake, run_dir.with_name(run_dir.name + "_contended"))
 
     res = run_day(lake, day, run_dir / "run.log", args.set, args.sample)
     rows, stage_rows = rows_of(lake, day, cfg)
@@ -477,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": res["loadavg_before"],
         "loadavg_after": res["loadavg_after"],
         "overrides": args.set,
+        "mode": "warm" if args.warm else "cold",
+        "warmup": warmup,
     }
     if args.evaluate:
         out["quality"] = evaluate(lake, day)
@@ -488,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         out["peer_als"]["recall_new"] = als["result"].get("als_new", {}).get("recall_new")
         print(f"peer ALS: {als['als_seconds']} s fit + recommend ({als['process_seconds']} s process)", flush=True)
     if args.contended:
-        lake2 = overlay(w, run_dir.with_name(run_dir.name + "_contended"))
+        lake2 = snapshot if snapshot is not None else overlay(w, run_dir.with_name(run_dir.name + "_contended"))
         print(f"contended run beside {args.hog_procs} busy processes ...", flush=True)
         with CpuHog(args.hog_procs):
             res2 = run_day(lake2, day, run_dir.with_name(run_dir.name + "_contended") / "run.log", args.set, args.sample)

@@ -71,3 +71,18 @@ def test_sizes(text, n):
     from dualrec.ranking import parse_bytes
 
     assert parse_bytes(text) == n
+
+
+def test_snapshot_of_a_warm_lake_shares_partitions_but_not_locks_or_metadata(tmp_path):
+    lake = tmp_path / "run" / "lake"
+    (lake / "items" / "dt=2026-01-01").mkdir(parents=True)
+    (lake / "_locks").mkdir()
+    part = lake / "items" / "dt=2026-01-01" / "part-0.parquet"
+    part.write_bytes(b"rows")
+    (lake / "_locks" / "dt=2026-01-01.lock").write_text("")
+    (lake / "_lake.json").write_text("{}")
+    snap = B.snapshot_lake(lake, tmp_path / "run_contended")
+    assert snap == tmp_path / "run_contended" / "lake"
+    assert os.stat(snap / "items" / "dt=2026-01-01" / "part-0.parquet").st_ino == os.stat(part).st_ino
+    assert not (snap / "_locks").exists()  # a lock file shared by two lakes would serialise them
+    assert os.stat(snap / "_lake.json").st_ino != os.stat(lake / "_lake.json").st_ino
