@@ -39,20 +39,16 @@ Availability policies (``ActivityConfig.policy``), turning p_active into a_u:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import math
-import posixpath
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dualrec import daycache as DC
 from dualrec.config import ActivityConfig
 from dualrec.lake import Lake, date_range, parse_date
 from models.activity import cached_booster
@@ -123,7 +119,6 @@ def load_daily(spark, lake: Lake, days: Iterable[dt.date]):
 # ---------------------------------------------------------------------- per-day cache
 DAILY_CACHE = "_cache/activity_daily"
 CACHE_VERSION = 1  # bump when load_daily's output changes: older entries are recomputed
-_KEY_FILE = "_key.json"
 
 
 def _daily_schema():
@@ -142,19 +137,10 @@ def daily_key(lake: Lake, day: dt.date) -> str | None:
     The listing fingerprints of visits and interactions dt=day (any redelivery changes them) and
     the drop list a ``drop_and_report`` check left next to each (it changes what readers see).
     """
-    parts: list[Any] = [CACHE_VERSION, parse_date(day).isoformat()]
-    present = False
-    for table in ("visits", "interactions"):
-        if not lake.has_partition(table, day):
-            parts.append([table, None])
-            continue
-        present = True
-        info = lake.fs.get_file_info(lake.fs_path(f"{lake.validation_rel(table, day)}/dropped.parquet"))
-        dropped = [info.size, info.mtime_ns] if info.type == pafs.FileType.File else None
-        parts.append([table, lake.fingerprint(table, day), dropped])
-    if not present:
+    versions = [[table, DC.partition_version(lake, table, day)] for table in ("visits", "interactions")]
+    if all(v is None for _, v in versions):
         return None
-    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return DC.digest([CACHE_VERSION, parse_date(day).isoformat(), *versions])
 
 
 DRIVER_MAX_ROWS = 3_000_000  # a day with at most this many visits + interactions rows is reduced with PyArrow (~100 B/row peak)
@@ -201,50 +187,23 @@ def daily_arrow(lake: Lake, day: dt.date) -> pa.Table:
     return g.select(names).sort_by("user_id")
 
 
-def _cache_rel(day: dt.date) -> str:
-    return f"{DAILY_CACHE}/dt={parse_date(day).isoformat()}"
-
-
-def _cached_ok(lake: Lake, day: dt.date, key: str) -> bool:
-    rel = _cache_rel(day)
-    if not lake.is_complete(rel):
-        return False
-    try:
-        return json.loads(lake.read_text(f"{rel}/{_KEY_FILE}")).get("key") == key
-    except (OSError, ValueError):
-        return False
-
-
 def _write_cache(spark, lake: Lake, days: list[dt.date], keys: dict[dt.date, str]) -> None:
     """Compute and publish the cache entries of ``days``: days of at most :data:`DRIVER_MAX_ROWS`
-    rows with PyArrow (:func:`daily_arrow`), the others by one Spark job (one file per day); each
-    day is then swapped into place."""
-    token = uuid.uuid4().hex
-    staging = f"{DAILY_CACHE}/_staging/{token}"
-    try:
-        small = [d for d in days if _day_rows(lake, d) <= DRIVER_MAX_ROWS]
-        large = [d for d in days if d not in small]
+    rows with PyArrow (:func:`daily_arrow`), the others by one Spark job (one file per day)."""
+
+    def fill(staging: str, todo: list[dt.date]) -> None:
+        small = [d for d in todo if _day_rows(lake, d) <= DRIVER_MAX_ROWS]
+        large = [d for d in todo if d not in small]
         if large:
             load_daily(spark, lake, large).repartition("dt").write.mode("overwrite").option(
                 "compression", "zstd").partitionBy("dt").parquet(lake.uri(staging))
         for d in small:
-            rel = f"{staging}/dt={d.isoformat()}"
+            rel = DC.entry_rel(staging, d)
             lake.fs.create_dir(lake.fs_path(rel), recursive=True)
             with lake.fs.open_output_stream(lake.fs_path(f"{rel}/part-00000.parquet")) as f:
                 pq.write_table(daily_arrow(lake, d), f, compression="zstd")
-        for d in days:
-            src = f"{staging}/dt={d.isoformat()}"
-            if not lake.exists(src):  # no row that day (an empty delivery): an entry without data files
-                lake.fs.create_dir(lake.fs_path(src), recursive=True)
-            lake.write_text(f"{src}/{_KEY_FILE}", json.dumps({"key": keys[d], "day": d.isoformat()}))
-            lake.write_text(f"{src}/_SUCCESS", "")
-            target = lake.fs_path(_cache_rel(d))
-            if lake.fs.get_file_info(target).type != pafs.FileType.NotFound:
-                lake.fs.delete_dir(target)  # a stale entry (its inputs were republished)
-            lake.fs.move(lake.fs_path(src), target)
-    finally:
-        if lake.exists(staging):
-            lake.fs.delete_dir(lake.fs_path(staging))
+
+    DC.publish(lake, DAILY_CACHE, days, keys, fill)
 
 
 def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):
@@ -260,7 +219,7 @@ def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):
     """
     days = sorted({parse_date(d) for d in days})
     keys = {d: k for d in days if (k := daily_key(lake, d)) is not None}
-    missing = [d for d in keys if not _cached_ok(lake, d, keys[d])]
+    missing = DC.missing_days(lake, [DAILY_CACHE], keys)
     if missing:
         try:
             _write_cache(spark, lake, missing, keys)
@@ -268,11 +227,7 @@ def cached_daily(spark, lake: Lake, days: Iterable[dt.date]):
             log.warning("activity daily cache not writable (%s): computing %d day(s) without it", e, len(days))
             return load_daily(spark, lake, days)
     log.info("activity daily aggregates: %d day(s) from the cache, %d computed", len(keys) - len(missing), len(missing))
-    base = lake.fs_path("")
-    paths = [lake.uri(posixpath.relpath(f, base)) for d in keys for f in lake.data_files(DAILY_CACHE, d)]
-    if not paths:
-        return spark.createDataFrame([], _daily_schema())
-    return spark.read.schema(_daily_schema()).option("basePath", lake.uri(DAILY_CACHE)).parquet(*paths)
+    return DC.read(spark, lake, DAILY_CACHE, keys, _daily_schema())
 
 
 def target_users(spark, lake: Lake, pairs: Sequence[tuple[dt.date, dt.date]]):
