@@ -191,7 +191,8 @@ def _write_cache(spark, lake: Lake, days: list[dt.date], keys: dict[dt.date, str
     """Compute and publish the cache entries of ``days``: days of at most :data:`DRIVER_MAX_ROWS`
     rows with PyArrow (:func:`daily_arrow`), the others by one Spark job (one file per day)."""
 
-    def fill(staging: str, todo: list[dt.date]) -> None:
+    def fill(staging_of: dict[str, str], todo: list[dt.date]) -> None:
+        staging = staging_of[DAILY_CACHE]
         small = [d for d in todo if _day_rows(lake, d) <= DRIVER_MAX_ROWS]
         large = [d for d in todo if d not in small]
         if large:

@@ -59,29 +59,34 @@ def missing_days(lake: Lake, roots: Iterable[str], keys: dict[dt.date, str]) -> 
     return sorted(d for d, k in keys.items() if not all(entry_ok(lake, r, d, k) for r in roots))
 
 
-def publish(lake: Lake, root: str, days: list[dt.date], keys: dict[dt.date, str],
-            fill: Callable[[str, list[dt.date]], None]) -> None:
-    """Compute the entries of ``days`` with ``fill(staging_rel, days)`` and swap each into place.
+def publish(lake: Lake, roots: str | list[str], days: list[dt.date], keys: dict[dt.date, str],
+            fill: Callable[[dict[str, str], list[dt.date]], None]) -> None:
+    """Compute the entries of ``days`` in every cache of ``roots`` (one key) and swap each into place.
 
-    ``fill`` writes ``<staging_rel>/dt=X/*.parquet`` for the days that have rows (a day without
-    rows gets an entry without data files). Each entry gets its key and ``_SUCCESS``, then
-    replaces a stale entry by rename."""
-    staging = f"{root}/_staging/{uuid.uuid4().hex}"
+    ``fill(staging, days)`` gets a staging directory per root and writes
+    ``<staging[root]>/dt=X/*.parquet`` for the days that have rows (a day without rows gets an
+    entry without data files). Each entry gets its key and ``_SUCCESS``, then replaces a stale
+    entry by rename."""
+    roots = [roots] if isinstance(roots, str) else list(roots)
+    token = uuid.uuid4().hex
+    staging = {r: f"{r}/_staging/{token}" for r in roots}
     try:
         fill(staging, days)
-        for d in days:
-            src = entry_rel(staging, d)
-            if not lake.exists(src):
-                lake.fs.create_dir(lake.fs_path(src), recursive=True)
-            lake.write_text(f"{src}/{KEY_FILE}", json.dumps({"key": keys[d], "day": d.isoformat()}))
-            lake.write_text(f"{src}/_SUCCESS", "")
-            target = lake.fs_path(entry_rel(root, d))
-            if lake.fs.get_file_info(target).type != pafs.FileType.NotFound:
-                lake.fs.delete_dir(target)  # a stale entry (its inputs were republished)
-            lake.fs.move(lake.fs_path(src), target)
+        for r in roots:
+            for d in days:
+                src = entry_rel(staging[r], d)
+                if not lake.exists(src):
+                    lake.fs.create_dir(lake.fs_path(src), recursive=True)
+                lake.write_text(f"{src}/{KEY_FILE}", json.dumps({"key": keys[d], "day": d.isoformat()}))
+                lake.write_text(f"{src}/_SUCCESS", "")
+                target = lake.fs_path(entry_rel(r, d))
+                if lake.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                    lake.fs.delete_dir(target)  # a stale entry (its inputs were republished)
+                lake.fs.move(lake.fs_path(src), target)
     finally:
-        if lake.exists(staging):
-            lake.fs.delete_dir(lake.fs_path(staging))
+        for st in staging.values():
+            if lake.exists(st):
+                lake.fs.delete_dir(lake.fs_path(st))
 
 
 def read(spark, lake: Lake, root: str, days: Iterable[dt.date], schema):

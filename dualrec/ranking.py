@@ -23,6 +23,14 @@ import numpy as np
 import pyarrow as pa
 
 from dualrec.batches import batch_cutoff_col
+from dualrec.rank_inputs import (
+    cached_daily,
+    enriched_interactions,
+    global_rates,
+    item_table,
+    projection_matrix,
+    window_sums,
+)
 from dualrec.lake import parse_date
 from dualrec.stats import roc_auc
 from models.promo import batch_end_us, batch_start_us, completion_rate, feedback_value, pinnacle_lists
@@ -44,131 +52,8 @@ from models.ranker import (
 
 log = logging.getLogger(__name__)
 
-PROJ_SEED = 20250101
-EXPLICIT = ("like", "comment", "follow", "share", "profile_enter")
-
-
-def projection_matrix(emb_dim: int, p: int, seed: int = PROJ_SEED) -> np.ndarray:
-    """Fixed (emb_dim, p) Gaussian map with variance 1/p: x.W . y.W ~= x . y."""
-    return (np.random.default_rng(seed + emb_dim * 1000 + p).normal(size=(emb_dim, p)) / np.sqrt(p)).astype(np.float32)
-
-
-def add_projection(df, emb_col: str, prefix: str, p: int, emb_dim: int):
-    """Replace a list<float> column by ``prefix_0..p-1`` float columns (vectorised mapInArrow)."""
-    from pyspark.sql import types as T
-
-    W = projection_matrix(emb_dim, p)
-    keep = [f for f in df.schema.fields if f.name != emb_col]
-    schema = T.StructType(keep + [T.StructField(f"{prefix}_{k}", T.FloatType()) for k in range(p)])
-    names = [f.name for f in keep]
-
-    def fn(batches):
-        for b in batches:
-            col = b.column(emb_col)
-            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-            x = flat.reshape(len(col), emb_dim) if len(col) else np.zeros((0, emb_dim), np.float32)
-            proj = x @ W
-            arrays = [b.column(n) for n in names] + [pa.array(proj[:, k], pa.float32()) for k in range(p)]
-            yield pa.RecordBatch.from_arrays(arrays, names=names + [f"{prefix}_{k}" for k in range(p)])
-
-    return df.mapInArrow(fn, schema)
-
-
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-
-
-# ---------------------------------------------------------------------- inputs
-def item_table(spark, lake, start: dt.date, end: dt.date, p: int):
-    """Items uploaded in [start, end] with projected content and upload day."""
-    from pyspark.sql import functions as F
-
-    items = lake.read_df(spark, "items", _days(start, end)).withColumnRenamed("dt", "upload_day")
-    emb_dim = lake.emb_dim() or _infer_dim(items)
-    return add_projection(items, "content_emb", "i_proj", p, emb_dim).withColumn(
-        "i_log_duration", F.log1p(F.col("duration_ms") / F.lit(1000.0))
-    )
-
-
-def _infer_dim(items) -> int:
-    from pyspark.sql import functions as F
-
-    r = items.select(F.size("content_emb").alias("n")).first()
-    return int(r["n"]) if r else 1
-
-
-def enriched_interactions(spark, lake, start: dt.date, end: dt.date, items):
-    """Exposures of [start, end] of items in ``items``: flags as ints, ``row_day``, ``creator_id``.
-
-    Narrow on purpose (13 columns): it is cached and scanned by every aggregate; the item's
-    content columns are joined only where a feature needs them (:func:`_daily` profiles, the
-    returned rows)."""
-    from pyspark.sql import functions as F
-
-    inter = lake.read_df(spark, "interactions", _days(start, end)).withColumnRenamed("dt", "row_day")
-    cols = [F.col(f"is_{t}").cast("int").alias(f"y_{t}") for t in TASKS]
-    ex = F.greatest(*[F.col(f"is_{t}").cast("int") for t in EXPLICIT])
-    eng = F.greatest(ex, F.col("is_long_view").cast("int"))
-    return inter.select("user_id", "item_id", "ts", "row_day", *cols, ex.alias("explicit"), eng.alias("engaged")).join(
-        items.select("item_id", "creator_id"), "item_id", "inner"
-    )
-
-
-def window_sums(spark, daily, keys: list[str], target_days: list[dt.date], window: int):
-    """Sum the per-day aggregates ``daily`` (keys + dt + numeric columns) over each feat_day's window
-    [feat_day - window, feat_day - 1]; a (keys, feat_day) row only where that window has a daily row.
-
-    One range window per key over the daily rows plus a query row per (key, feat_day), instead of
-    joining every daily row to each of the up to ``window`` feat_days it serves (a ``window``-fold
-    copy of the daily rows that was shuffled and re-aggregated)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    vals = [c for c in daily.columns if c not in keys and c != "dt"]
-    epoch = F.lit(dt.date(1970, 1, 1))
-    days = spark.createDataFrame([(t,) for t in sorted(set(target_days))], "feat_day date")
-    data = daily.select(*keys, F.datediff("dt", epoch).alias("_d"), F.lit(1).alias("_one"), *vals)
-    queries = daily.select(*keys).distinct().crossJoin(F.broadcast(days)).select(
-        *keys, F.datediff("feat_day", epoch).alias("_d"), F.lit(None).cast("int").alias("_one"),
-        *[F.lit(None).cast(daily.schema[c].dataType).alias(c) for c in vals],
-    )
-    w = Window.partitionBy(*keys).orderBy("_d").rangeBetween(-window, -1)
-    out = data.unionByName(queries).select(
-        *keys, "_d", F.col("_one").isNull().alias("_q"), F.count("_one").over(w).alias("_n"),
-        *[F.sum(c).over(w).alias(c) for c in vals],
-    )
-    return out.where(F.col("_q") & (F.col("_n") > 0)).select(*keys, F.date_add(epoch, F.col("_d")).alias("feat_day"), *vals)
-
-
-def _daily(enriched, key: str, p: int, items=None):
-    """Per-(key, day) counts; with ``items`` also the engaged exposures' summed projected content
-    (``n_prof``, ``prof_k``: the profile), joined to the engaged rows only."""
-    from pyspark.sql import functions as F
-
-    aggs = [F.count("*").alias("n_imp"), F.sum("explicit").alias("n_explicit")]
-    aggs += [F.sum(f"y_{t}").alias(f"n_{t}") for t in TASKS]
-    if items is None:
-        return enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
-    aggs += [F.sum(F.col("engaged")).alias("n_prof")]
-    counts = enriched.groupBy(key, F.col("row_day").alias("dt")).agg(*aggs)
-    prof = (
-        enriched.where(F.col("engaged") > 0).select(key, "row_day", "item_id")
-        .join(items.select("item_id", *[f"i_proj_{k}" for k in range(p)]), "item_id")
-        .groupBy(key, F.col("row_day").alias("dt")).agg(*[F.sum(f"i_proj_{k}").alias(f"prof_{k}") for k in range(p)])
-    )
-    return counts.join(prof, [key, "dt"], "left").fillna(0.0, subset=[f"prof_{k}" for k in range(p)])
-
-
-def global_rates(enriched) -> dict[str, float]:
-    """Population rate of each task and of any explicit feedback (the smoothing prior)."""
-    from pyspark.sql import functions as F
-
-    r = enriched.agg(F.count("*").alias("n"), F.sum("explicit").alias("explicit"),
-                     *[F.sum(f"y_{t}").alias(t) for t in TASKS]).first()
-    n = max(int(r["n"] or 0), 1)
-    out = {t: float(r[t] or 0) / n for t in TASKS}
-    out["explicit"] = float(r["explicit"] or 0) / n
-    return out
 
 
 def _rate_cols(prefix: str, a: float, g: dict[str, float]):
@@ -182,13 +67,15 @@ def _rate_cols(prefix: str, a: float, g: dict[str, float]):
     ]
 
 
-def user_features(spark, lake, enriched, items, target_days: list[dt.date], cfg, g: dict[str, float]):
-    """u_* features and theta per (user_id, feat_day) from the U days before feat_day + profile snapshot."""
+def user_features(spark, lake, daily, target_days: list[dt.date], cfg, g: dict[str, float]):
+    """u_* features and theta per (user_id, feat_day) from the U days before feat_day + profile snapshot.
+
+    ``daily`` is :func:`dualrec.rank_inputs.cached_daily` over (at least) those days."""
     from pyspark.sql import functions as F
 
     rc = cfg.rank
     p, a = rc.profile_dim, rc.rate_prior_strength
-    sums = window_sums(spark, _daily(enriched, "user_id", p, items), ["user_id"], target_days, rc.user_window_days)
+    sums = window_sums(spark, daily["user"], ["user_id"], target_days, rc.user_window_days)
     has = F.coalesce(F.col("n_prof"), F.lit(0)) > 0
     feats = sums.select(
         "user_id", "feat_day",
@@ -221,23 +108,22 @@ def theta_values(n_explicit: np.ndarray, n_imp: np.ndarray, a: float, g_explicit
     return (np.nan_to_num(n_explicit) + a * g_explicit) / (np.nan_to_num(n_imp) + a)
 
 
-def creator_features(spark, enriched, target_days, cfg, g):
+def creator_features(spark, daily, target_days, cfg, g):
     from pyspark.sql import functions as F
 
     rc = cfg.rank
-    sums = window_sums(spark, _daily(enriched, "creator_id", rc.profile_dim), ["creator_id"], target_days,
-                       rc.user_window_days)
+    sums = window_sums(spark, daily["creator"], ["creator_id"], target_days, rc.user_window_days)
     return sums.select("creator_id", "feat_day", F.log1p("n_imp").alias("c_log_imp"),
                        *_rate_cols("c", rc.rate_prior_strength, g))
 
 
-def similar_features(spark, lake, enr, keys, cfg, g, target: list[dt.date], up_days: list[dt.date]):
+def similar_features(spark, lake, daily, keys, cfg, g, target: list[dt.date], up_days: list[dt.date]):
     """s_* per (item_id, feat_day): sim-weighted smoothed rates of S^I(i) (item_similar dt=upload day)."""
     from pyspark.sql import functions as F
 
     rc = cfg.rank
     sim = lake.read_df(spark, "item_similar", up_days).withColumnRenamed("dt", "upload_day")
-    stats = window_sums(spark, _daily(enr, "item_id", rc.profile_dim), ["item_id"], target, rc.user_window_days)
+    stats = window_sums(spark, daily["item"], ["item_id"], target, rc.user_window_days)
     stats = stats.select(F.col("item_id").alias("similar_item_id"), "feat_day", *_rate_cols("x", rc.rate_prior_strength, g))
     j = (
         keys.select("item_id", "upload_day", "feat_day").distinct()
@@ -321,10 +207,10 @@ def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fractio
     first = start - dt.timedelta(days=H + U)
     item_start = first - dt.timedelta(days=rc.item_lookback_days)
     items = _persist(item_table(spark, lake, item_start, end, p), cached)
-    enr = _persist(enriched_interactions(spark, lake, first, end, items), cached)
-    g = global_rates(enr)
-    hist = enr.where(F.col("row_day") >= F.lit(start - dt.timedelta(days=H)))
-    ufeat = _persist(user_features(spark, lake, enr, items, _days(start - dt.timedelta(days=H), end), cfg, g), cached)
+    daily = cached_daily(spark, lake, first, end, cfg)
+    g = global_rates(daily["user"])
+    hist = _persist(enriched_interactions(spark, lake, start - dt.timedelta(days=H), end, items), cached)
+    ufeat = _persist(user_features(spark, lake, daily, _days(start - dt.timedelta(days=H), end), cfg, g), cached)
     ufeat = ufeat.withColumnRenamed("feat_day", "row_day")
     # the rows to return (sampled by hash rank), marked among every exposure of the history
     r = sample_rank_col(seed)
@@ -351,14 +237,14 @@ def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fractio
     # (no item-age feature: at scoring every item is < 1 batch old, a range training barely covers)
     rows = so.join(items, "item_id", "inner").join(ufeat, ["user_id", "row_day"], "left")
     rows = _sofar_finish(rows, cfg, g).withColumn("feat_day", F.col("row_day")).withColumn("_r", r)
-    rows = _attach_item_side(spark, lake, rows, enr, cfg, g, _days(start, end), _days(item_start, end))
+    rows = _attach_item_side(spark, lake, rows, daily, cfg, g, _days(start, end), _days(item_start, end))
     cols = input_columns(p)
     return rows.select(*cols, *y, "row_day", "upload_day", "ts", "_r"), g
 
 
-def _attach_item_side(spark, lake, rows, enr, cfg, g, target: list[dt.date], up_days: list[dt.date]):
-    cre = creator_features(spark, enr, target, cfg, g)
-    sim = similar_features(spark, lake, enr, rows.select("item_id", "upload_day", "feat_day"), cfg, g, target, up_days)
+def _attach_item_side(spark, lake, rows, daily, cfg, g, target: list[dt.date], up_days: list[dt.date]):
+    cre = creator_features(spark, daily, target, cfg, g)
+    sim = similar_features(spark, lake, daily, rows.select("item_id", "upload_day", "feat_day"), cfg, g, target, up_days)
     rows = rows.join(cre, ["creator_id", "feat_day"], "left").join(sim, ["item_id", "feat_day"], "left")
     fill = {"c_log_imp": 0.0, "s_has": 0.0, **{f"c_rate_{t}": g[t] for t in TASKS}, **{f"s_rate_{t}": g[t] for t in TASKS}}
     return rows.fillna(fill)
@@ -373,17 +259,17 @@ def _scoring_parts(spark, lake, day: dt.date, candidates, cfg, cached: list | No
     first = day - dt.timedelta(days=U)
     item_start = first - dt.timedelta(days=rc.item_lookback_days)
     items = _persist(item_table(spark, lake, item_start, day, p), cached)
-    enr = _persist(enriched_interactions(spark, lake, first, day, items), cached)
-    past = enr.where(F.col("row_day") < F.lit(day))
-    g = global_rates(past)
-    ufeat = _persist(user_features(spark, lake, past, items, [day], cfg, g), cached)
+    daily = cached_daily(spark, lake, first, day - dt.timedelta(days=1), cfg)
+    g = global_rates(daily["user"])
+    ufeat = _persist(user_features(spark, lake, daily, [day], cfg, g), cached)
     cand_items = (
         candidates.select("item_id", "batch").distinct()
         .withColumn("cutoff", batch_cutoff_col(day, F.col("batch"), cfg.dispatch.batches_per_day))
         .join(items, "item_id", "inner")
     )
     # item so far: D's exposures of the item before its batch cutoff, positive users' profile as of D-1
-    ev = enr.where(F.col("row_day") == F.lit(day)).select("user_id", "item_id", "ts", "engaged", *[f"y_{t}" for t in TASKS])
+    ev = enriched_interactions(spark, lake, day, day, items).select("user_id", "item_id", "ts", "engaged",
+                                                                     *[f"y_{t}" for t in TASKS])
     ev = ev.join(ufeat.select("user_id", *[f"u_prof_{k}" for k in range(p)]), "user_id", "left").select("*", *_engaged_profile_cols(p))
     so = (
         cand_items.select("item_id", "cutoff").join(ev, "item_id").where(F.col("ts") < F.col("cutoff"))
@@ -394,7 +280,7 @@ def _scoring_parts(spark, lake, day: dt.date, candidates, cfg, cached: list | No
         )
     )
     it = _sofar_finish(cand_items.join(so, "item_id", "left"), cfg, g).withColumn("feat_day", F.lit(day))
-    it = _attach_item_side(spark, lake, it, past, cfg, g, [day], _days(item_start, day))
+    it = _attach_item_side(spark, lake, it, daily, cfg, g, [day], _days(item_start, day))
     return it, ufeat.drop("feat_day"), g
 
 
