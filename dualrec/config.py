@@ -186,6 +186,12 @@ class TwoTowerConfig(_Section):
     item_id_dropout: float = Field(0.5, ge=0, le=1)
     id_buckets: int = Field(1 << 18, ge=2, description="hash buckets; bucket 0 is reserved for masked IDs")
     warm_start: bool = True
+    incremental: bool = Field(
+        True,
+        description="a warm start trains only on the positive pairs the previous model has not seen (first positive "
+        "after its training window, plus feedback on its day's own uploads, which it left out); False retrains on "
+        "the whole window every day",
+    )
     train_without_uploads: bool = Field(
         False,
         description="False: a day without uploads keeps the previous model and publishes an empty user_embeddings "

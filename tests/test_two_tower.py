@@ -341,6 +341,12 @@ def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_p
     model2 = load_two_tower(lake, d2)
     assert model2.manifest["warm_start_from"] == d1.isoformat()
     assert model2.manifest["training_window"] == [START.isoformat(), d2.isoformat()]
+    # incremental: only the pairs the day-1 model had not seen (day 2's, and feedback on day 1's uploads)
+    assert model2.manifest["trained_pairs_after"] == d1.isoformat()
+    m2 = model2.manifest["metrics"]
+    assert 0 < out2["pairs"] == m2["new_positive_pairs"] < m2["positive_pairs"]
+    full = job.train_model(_ctx(lake, d2, spark, exact_max=10, ivf_nlist=4, ivf_nprobe=1, incremental=False))[2]
+    assert full["trained_pairs_after"] is None and full["metrics"]["pairs"] == m2["positive_pairs"]
     assert out2["index_kind"] == "ivf_flat_ip" and out2["index_recall"] >= 0.95  # nprobe tuned up to the target
     feats = job.train_model(ctx2)[1].toPandas().sort_values("user_id")
     emb2 = lake.read_table("user_embeddings", d2).to_pandas().sort_values("user_id")
@@ -352,6 +358,20 @@ def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_p
     it = np.array([truth["item_topic"][i] for i in items["item_id"]])
     same = np.mean([sc[k, ut == it[k]].mean() - sc[k, ut != it[k]].mean() for k in range(len(it))])
     assert same > 0
+
+
+def test_new_pairs_are_the_ones_a_warm_start_has_not_seen(spark):
+    """After a model whose window ended on d1: pairs first seen after d1, plus feedback on the items
+    uploaded on d1 (left out of that model's training by exclude_day_uploads); nothing else."""
+    from dualrec.stages.two_tower import new_pairs
+
+    d0, d1, d2 = START, START + dt.timedelta(days=1), START + dt.timedelta(days=2)
+    pos = spark.createDataFrame(
+        [(1, 11, d0), (2, 12, d1), (3, 13, d2), (4, 19, d1), (5, 19, d2), (6, 12, d2)], "user_id long, item_id long, day date")
+    excluded = spark.createDataFrame([(19,)], "item_id long")
+    got = sorted((r["user_id"], r["item_id"]) for r in new_pairs(pos, excluded, d1).collect())
+    assert got == [(3, 13), (4, 19), (5, 19), (6, 12)]
+    assert sorted((r["user_id"], r["item_id"]) for r in new_pairs(pos, None, d1).collect()) == [(3, 13), (5, 19), (6, 12)]
 
 
 def test_stage_fails_clearly_without_activity_scores(spark, tmp_path):

@@ -72,6 +72,8 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     """Train (or warm-start and fine-tune) the model on the window; returns (model, user_feats_df, manifest,
     timings of the collects and the fit)."""
 
+    from pyspark.sql import functions as F
+
     lake, day, cfg = ctx.lake, ctx.day, ctx.cfg.two_tower
     spark = ctx.spark
     window = date_range(day - dt.timedelta(days=cfg.train_window_days - 1), day)
@@ -85,15 +87,33 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     content_dim = _content_dim(ctx, items)
     t0 = time.perf_counter()
 
+    spec = model_spec(cfg, content_dim)
+    warm_from = lake.latest_model_before(NAME, day) if cfg.warm_start else None
+    model = None
+    if warm_from is not None:
+        prev = load_two_tower(lake, warm_from)
+        if spec_matches(prev.spec, spec):
+            model = prev
+        else:
+            log.info("two_tower: previous model dt=%s has another shape; cold start", warm_from)
+            warm_from = None
+    if model is None:
+        model = new_two_tower(spec, ctx.seed("two_tower.init"))  # seeded: the initial weights were the global RNG's
+    seen_end, seen_day = _seen(lake, warm_from) if (warm_from is not None and cfg.incremental) else (None, None)
+
     # explicit positives of the window, cached: they feed the features, the sample and the item set
     pos = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi").cache()
     feats = T.user_features(users, visits, inter, items, day, content_dim, exclude, pairs=pos).cache()
-    n_pairs = pos.count()
+    # the pairs trained on: all of the window, or (incremental warm start) those the previous model has not seen
+    train_pos = pos if seen_end is None else new_pairs(pos, lake.read_df(spark, "items", [seen_day], with_dt=False)
+                                                       if cfg.exclude_day_uploads else None, seen_end)
+    n_pairs = train_pos.count()
+    n_window = n_pairs if train_pos is pos else pos.count()
     # every driver collect below is bounded by config, not by the lake: pairs and pool users are
     # sampled on the executors by a hash rank, trimmed exactly on the driver, and only the users
     # and items they touch come back. Each collected frame is put in a fixed order (Spark's row
     # order varies run to run; the normalisers, the data order and the sampling depend on it).
-    sampled = T.sample_pairs(pos.select("user_id", "item_id", "day"), n_pairs, cfg.max_train_pairs,
+    sampled = T.sample_pairs(train_pos.select("user_id", "item_id", "day"), n_pairs, cfg.max_train_pairs,
                              ctx.seed("two_tower.subsample"))
     pair_tab = T.smallest_rank(sampled.toArrow(), cfg.max_train_pairs, ["user_id", "item_id"])
     pair_tab = pair_tab.sort_by([("day", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")])
@@ -108,6 +128,8 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     act_days = [d for d in window if lake.has_partition("activity_scores", d)]
     activity = lake.read_df(spark, "activity_scores", act_days) if act_days else None
     pool_df = T.negative_pool(activity, visits, window, act_days)
+    if pool_df is not None and seen_end is not None:  # negatives are drawn from the pools of the pairs' days only
+        pool_df = pool_df.where(F.col("day") >= F.lit(min(seen_day, seen_end + dt.timedelta(days=1))))
     pools: dict[int, np.ndarray] = {}
     touched = sampled.select("user_id")
     pool_users = 0
@@ -127,18 +149,6 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     pos.unpersist()
     t_collect = time.perf_counter() - t0
 
-    spec = model_spec(cfg, content_dim)
-    warm_from = lake.latest_model_before(NAME, day) if cfg.warm_start else None
-    model = None
-    if warm_from is not None:
-        prev = load_two_tower(lake, warm_from)
-        if spec_matches(prev.spec, spec):
-            model = prev
-        else:
-            log.info("two_tower: previous model dt=%s has another shape; cold start", warm_from)
-            warm_from = None
-    if model is None:
-        model = new_two_tower(spec, ctx.seed("two_tower.init"))  # seeded: the initial weights were the global RNG's
     kept: dict[str, Any] = {}
     if len(pair_pd) == 0 and warm_from is not None:
         # a quiet window (no explicit feedback): keep the previous model rather than stop the day
@@ -158,7 +168,9 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
         "day": day.isoformat(),
         "training_window": [window[0].isoformat(), window[-1].isoformat()],
         "warm_start_from": warm_from.isoformat() if warm_from else None,
-        "metrics": {**metrics, "positive_pairs": int(n_pairs), "feature_users": feat_arrow.num_rows,
+        # the pairs trained on this time: the whole window, or only the ones a warm start had not seen
+        "trained_pairs_after": seen_end.isoformat() if seen_end is not None else None,
+        "metrics": {**metrics, "positive_pairs": int(n_window), "new_positive_pairs": int(n_pairs), "feature_users": feat_arrow.num_rows,
                     "negative_pool_users": int(min(pool_users, cfg.negative_pool_max_users)),
                     "negative_pool_days": len(pools)},
         "feature_config": {
@@ -173,6 +185,29 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
         "dims": {"embedding": spec.dim, "content": content_dim, "hidden": spec.hidden, "id_buckets": spec.id_buckets},
     }
     return model, feats, manifest, timings
+
+
+def _seen(lake, warm_from: dt.date) -> tuple[dt.date, dt.date]:
+    """(last day of the previous model's training window, the day whose uploads it left out).
+
+    Followed through kept models: a kept model's manifest is its source's, so its window is the
+    one the weights were trained on."""
+    m = read_manifest(lake, NAME, warm_from)
+    end = dt.date.fromisoformat(m["training_window"][1])
+    return end, dt.date.fromisoformat(m.get("kept_from") or m.get("day") or end.isoformat())
+
+
+def new_pairs(pos, excluded_items, seen_end: dt.date):
+    """Positive pairs a model trained on the window ending ``seen_end`` has not seen: first positive
+    after ``seen_end``, or on an item of ``excluded_items`` (the uploads of the model's own day,
+    which ``exclude_day_uploads`` kept out of its training)."""
+    from pyspark.sql import functions as F
+
+    new = F.col("day") > F.lit(seen_end)
+    if excluded_items is None:
+        return pos.where(new)
+    ex = excluded_items.select("item_id").distinct().withColumn("_ex", F.lit(True))
+    return pos.join(F.broadcast(ex), "item_id", "left").where(new | F.col("_ex").isNotNull()).drop("_ex")
 
 
 def build_user_index(ctx: StageContext, model, emb_df) -> dict[str, Any]:
