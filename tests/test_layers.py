@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("dualrec.two_tower", 3),
     ("dualrec.similarity", 3),
     ("dualrec.ranking", 3),
+    ("dualrec.rank_inputs", 3),
     ("dualrec.channels", 3),
     ("dualrec.dispatch", 3),
     ("dualrec.evaluation", 3),
