@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,8 @@ from dualrec.registry import STAGE_SPECS
 
 log = logging.getLogger(__name__)
 
+# rows that are wall-clock measurements, not results (they differ between any two runs): left out
+_VOLATILE_ROWS = {"metrics": ("metric", re.compile(r"seconds|per_second"))}
 _NULL = np.uint64(0x6A09E667F3BCC908)  # the hash of a null value (any fixed constant not produced by data)
 
 
@@ -62,6 +65,12 @@ def _value_bits(arr: pa.Array) -> np.ndarray:
         return words[enc.indices.to_numpy(zero_copy_only=False)] if len(words) else np.zeros(len(arr), np.uint64)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return _list_bits(arr)
+    if pa.types.is_struct(t):
+        out = np.zeros(len(arr), np.uint64)
+        with np.errstate(over="ignore"):
+            for k, child in enumerate(arr.flatten()):  # flatten: children sliced to the struct's offset
+                out ^= splitmix64(_column_hash(child) + np.uint64((k + 1) * GOLDEN % (1 << 64)))
+        return out
     raise TypeError(f"fingerprint: unsupported Arrow type {t}")
 
 
@@ -122,13 +131,22 @@ def table_fingerprint(tables, columns: list[str] | None = None) -> dict:
 
 
 def partition_fingerprint(lake: Lake, table: str, day: dt.date | str, batch_rows: int = 262_144) -> dict | None:
-    """Fingerprint of ``table`` dt=``day`` (None when the partition is absent), read file by file."""
+    """Fingerprint of ``table`` dt=``day`` (None when the partition is absent), read file by file.
+
+    Rows that record wall-clock time (``metrics``: ``cost.stage_seconds.*`` ...) are left out."""
     if not lake.has_partition(table, day):
         return None
 
+    volatile = _VOLATILE_ROWS.get(table)
+
     def batches():
         for f in lake.data_files(table, day):
-            yield from pq.ParquetFile(f, filesystem=lake.fs).iter_batches(batch_size=batch_rows)
+            for b in pq.ParquetFile(f, filesystem=lake.fs).iter_batches(batch_size=batch_rows):
+                if volatile is not None:
+                    col, pattern = volatile
+                    keep = [not pattern.search(v or "") for v in b.column(col).to_pylist()]
+                    b = b.filter(pa.array(keep))
+                yield b
 
     return table_fingerprint(batches())
 

@@ -54,6 +54,14 @@ def test_one_changed_bit_a_null_or_a_reordered_list_changes_the_fingerprint():
     dup = pa.concat_tables([t, t.slice(3, 1)])
     hashes = {fp(x)["hash"] for x in (t, bit, null, order, dup)}
     assert len(hashes) == 5
+    # list<struct> columns (user_match_sets): a field's value counts, and so does the order of the list
+    typ = pa.list_(pa.struct([("item_id", pa.int64()), ("g", pa.float32())]))
+    sets = [[{"item_id": 1, "g": 0.5}, {"item_id": 2, "g": 0.25}], [{"item_id": 3, "g": 1.0}]]
+    base = pa.table({"user_id": [1, 2], "matches": pa.array(sets, typ)})
+    g = pa.table({"user_id": [1, 2], "matches": pa.array([[sets[0][0], {"item_id": 2, "g": 0.5}], sets[1]], typ)})
+    swapped = pa.table({"user_id": [1, 2], "matches": pa.array([sets[0][::-1], sets[1]], typ)})
+    assert len({fp(x)["hash"] for x in (base, g, swapped)}) == 3
+    assert fp(base.slice(1).append_column("x", pa.array([0])).drop(["x"])) == fp(base.slice(1))
 
 
 def test_partition_fingerprint_ignores_how_the_rows_are_cut_into_files(tmp_path):
@@ -78,3 +86,16 @@ def test_first_difference_names_the_earliest_stage_that_differs(tmp_path):
     assert first_difference(one, other) == {"stage": "two_tower", "differs": ["_models/two_tower"]}
     other["artifacts"] = {}
     assert first_difference(one, other) == {"stage": "retrieve", "differs": ["candidates"]}
+
+
+def test_timing_rows_of_the_metrics_table_do_not_count(tmp_path):
+    def metrics(seconds: float, auc: float) -> pa.Table:
+        return pa.table({"metric": ["activity.auc", "cost.stage_seconds.rank", "cost.rows_per_second.rank"],
+                         "value": [auc, seconds, 1e6 / seconds], "detail": [None, None, None]})
+
+    fps = []
+    for k, (sec, auc) in enumerate([(10.0, 0.7), (12.5, 0.7), (10.0, 0.71)]):
+        lake = Lake(str(tmp_path / f"l{k}"))
+        lake.write_table("metrics", DAY, metrics(sec, auc))
+        fps.append(partition_fingerprint(lake, "metrics", DAY))
+    assert fps[0] == fps[1] != fps[2]
