@@ -52,6 +52,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
 from dualrec.config import DualRecConfig  # noqa: E402
+from dualrec.fingerprint import day_fingerprints, first_difference, stage_outputs  # noqa: E402
+from dualrec.lake import Lake  # noqa: E402
 
 log = logging.getLogger("bench.day")
 
@@ -458,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the run")
     ap.add_argument("--sample", type=float, default=0.5, help="sampling interval of CPU/RSS (s)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--no-fingerprints", action="store_true",
+                    help="skip the row fingerprints of the outputs (driver-side read of every table: ~5 s on small)")
+    ap.add_argument("--compare", metavar="JSON",
+                    help="an earlier --json of the same day: print the first stage whose outputs differ (reruns must agree)")
     ap.add_argument("--warm", action="store_true",
                     help="steady state: run D-1 first (untimed warm-up: models, caches), then time D")
     args = ap.parse_args(argv)
@@ -510,7 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.set,
         "mode": "warm" if args.warm else "cold",
         "warmup": warmup,
+        # row fingerprints of every published table and artefact: two runs' JSONs name the first stage that differs
+        "fingerprints": None if args.no_fingerprints else day_fingerprints(Lake(str(lake)), day, *stage_outputs()),
     }
+    if args.compare and out["fingerprints"] is not None:
+        other = json.loads(Path(args.compare).read_text()).get("fingerprints")
+        diff = first_difference(other, out["fingerprints"]) if other else "no fingerprints in " + args.compare
+        out["rerun_difference"] = diff
+        print(f"rerun against {args.compare}: {diff or 'identical outputs'}", flush=True)
     if args.evaluate:
         out["quality"] = evaluate(lake, day)
         print("quality:", json.dumps(out["quality"]), flush=True)
