@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ import pyarrow as pa
 
 from dualrec.dispatch import POLICIES, PolicyParams, assign_arrays, dispatch_day_arrays
 from dualrec.evaluation.baselines import dispatch_without_store
+from schemas.feedback import RANK_TASKS, VISIBLE_FEEDBACKS
 
 SIZES = {  # items/day, registered users, available users, mean candidates per item
     "small": (1_000, 20_000, 12_000, 1000),
@@ -218,7 +220,8 @@ def _pipeline_day(lake, day: dt.date):
     """(ranked, activity_scores, sorted available user ids) of a day the pipeline ran, else None."""
     if not (lake.has_partition("ranked", day) and lake.has_partition("activity_scores", day)):
         return None
-    r = lake.read_table("ranked", day, ["batch", "item_id", "user_id", "g"])
+    cols = ["batch", "item_id", "user_id", "g"] + [f"s_{t}" for t in RANK_TASKS]
+    r = lake.read_table("ranked", day, cols)
     a = lake.read_table("activity_scores", day)
     return r, a, np.sort(a.filter(a.column("available")).column("user_id").to_numpy())
 
@@ -253,6 +256,21 @@ def cmd_figure9(args) -> dict:
                      "items_full": int((per_item >= args.L).sum())}
     print(json.dumps(res, indent=1))
     return res
+
+
+def edge_value_variants(ranked: pa.Table, p_active: np.ndarray) -> dict[str, np.ndarray]:
+    """Edge values the flow could maximise instead of g = Σ_m β_m s^m / θ_u (Eq. 10), from the
+    ranked columns alone (no truth): θ undone (Σ β s), times p_active (the user's chance to see
+    it on D+1), and Σ of the creator-visible s unweighted, times p_active: the ranker's own
+    estimate of the evaluation's expected visible feedback."""
+    from dualrec.config import RankConfig
+
+    beta = RankConfig().beta
+    s = {t: ranked.column(f"s_{t}").to_numpy().astype(np.float64) for t in beta}
+    bs = sum(beta[t] * s[t] for t in beta)
+    vis = sum(s[t] for t in VISIBLE_FEEDBACKS)
+    p = np.asarray(p_active, dtype=np.float64)
+    return {"Σβs (g·θ)": bs, "Σβs · p_active": bs * p, "Σ visible s": vis, "Σ visible s · p_active": vis * p}
 
 
 def cmd_policies(args) -> list[dict]:
@@ -306,22 +324,38 @@ def cmd_policies(args) -> list[dict]:
           f"capacity {avail.size * args.Q:,} slots vs demand {ids.size * args.L:,}; optimum over every available "
           f"user ({res.screened_users} priced at their upper bound): [{res.lower:.1f}, {res.upper:.1f}], "
           f"gap {res.gap:.2e}, exact {res.exact} ({opt_s:.0f}s)", flush=True)
-    runs = [(p, p, PolicyParams()) for p in POLICIES]
+    runs = [(p, p, PolicyParams(), "g") for p in POLICIES]
     if args.sweep:
-        runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo))
-                 for fs in (0.0, 0.25, 1.0) for bo in (0.25, 1.0) if fs or bo == 1.0]
-        runs += [(f"{p} g only", p, PolicyParams(weight_by_p_active=False)) for p in ("paced", "optimal")]
-        runs += [("optimal g only fs=1.0", "optimal", PolicyParams(floor_share=1.0, weight_by_p_active=False))]
+        runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo), "g")
+                 for fs in (0.0, 0.25, 0.5) for bo in (0.25, 1.0) if fs or bo == 1.0]
+        runs += [(f"{p}, g · p_active", p, PolicyParams(weight_by_p_active=True), "g") for p in ("paced", "optimal")]
+    values = {"g": g}
+    if args.values:
+        if "s_like" not in r.column_names:
+            raise SystemExit("--values needs a pipeline run's ranked table (task scores s_<task>)")
+        values.update(edge_value_variants(r, pa_edge))
+        for v in values:
+            if v == "g":
+                continue
+            runs += [(f"optimal, value {v}", "optimal", PolicyParams(), v),
+                     (f"optimal, value {v}, no floor", "optimal", PolicyParams(floor_share=0.0), v)]
+        runs += [("optimal, value g, no floor or bonus", "optimal", PolicyParams(floor_share=0.0, floor_bonus=0.0, cover_bonus=0.0), "g")]
+    if args.rows:  # the four policies always run
+        runs = [x for x in runs if x[0] in POLICIES or re.search(args.rows, x[0])]
     t0 = time.time()
     cand_vals = B.score_pairs(score, us, it)
+    if args.values:  # a perfect ranker: the flow on the truth values of the same candidates
+        values["truth"] = cand_vals
+        runs += [("optimal, value truth (perfect ranker)", "optimal", PolicyParams(), "truth"),
+                 ("optimal, value truth, no floor", "optimal", PolicyParams(floor_share=0.0), "truth")]
     cand_mask = assign_arrays(it, us, cand_vals, ir, {int(u): args.Q for u in avail}, args.L, "flow")
     cand_opt = float(cand_vals[cand_mask].sum())
     print(f"# optimum over the ranked candidate edges only (truth values): {cand_opt:.1f} ({time.time() - t0:.0f}s); "
           "of_candidate_optimum = a policy's share of what its candidates allow", flush=True)
     rows = []
-    for name, policy, params in runs:
+    for name, policy, params, value in runs:
         t0 = time.time()
-        mask, _ = dispatch_day_arrays(b, it, us, g, ir, avail, args.L, args.Q, policy, batches_per_day=args.batches,
+        mask, _ = dispatch_day_arrays(b, it, us, values[value], ir, avail, args.L, args.Q, policy, batches_per_day=args.batches,
                                       curve=curve, n_items=ids.size, params=params, p_active=pa_edge)
         secs = time.time() - t0
         per_item = np.bincount(rank.reindex(it[mask]).to_numpy().astype(np.int64), minlength=ids.size)
@@ -444,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     pol.add_argument("--max-pairs", type=int, default=250_000_000,
                      help="optimum: beyond this many pairs the users with the smallest upper bound are priced, not scored")
     pol.add_argument("--sweep", action="store_true", help="also sweep the optimal policy's floor and bonus")
+    pol.add_argument("--values", action="store_true",
+                     help="also run optimal with other edge values built from the ranked scores (and the truth's, a perfect ranker)")
+    pol.add_argument("--rows", help="regex: of the --sweep/--values rows run only those whose name matches")
     pol.add_argument("--json", help="write the rows here")
     pol.add_argument("--available", type=int, default=0, help="without a run: available users (default: expected visitors)")
     pol.add_argument("--cands", type=int, default=1000)
