@@ -30,6 +30,7 @@ import re
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -315,9 +316,19 @@ def cmd_policies(args) -> list[dict]:
     score = truth_scorer(lake, day + dt.timedelta(days=1))
     nxt = lake.read_table("visits", day + dt.timedelta(days=1), ["user_id"]).column("user_id").to_numpy()
     t0 = time.time()
-    grid = truth_grid_fn(lake, day + dt.timedelta(days=1))(ids, avail)
-    res = certified_optimum(grid, args.L, args.Q, max_pairs=args.max_pairs,
-                            user_upper=grid.user_upper() if ids.size * avail.size > args.max_pairs else None)
+    if args.bound_json:  # the certified interval of an earlier run of this command on the same day
+        with open(args.bound_json) as fh:
+            prev = json.load(fh)
+        if (prev["date"], prev["items"], prev["available"]) != (args.date, int(ids.size), int(avail.size)):
+            raise SystemExit(f"{args.bound_json} is for another day or available set")
+        res = SimpleNamespace(items=np.zeros(0, np.int64), users=np.zeros(0, np.int64), upper=prev["optimum_upper_bound"],
+                              lower=prev["optimum_lower_bound"], exact=prev["optimum_exact"],
+                              screened_users=prev["optimum_screened_users"])
+        res.gap = (res.upper - res.lower) / res.upper
+    else:
+        grid = truth_grid_fn(lake, day + dt.timedelta(days=1))(ids, avail)
+        res = certified_optimum(grid, args.L, args.Q, max_pairs=args.max_pairs,
+                                user_upper=grid.user_upper() if ids.size * avail.size > args.max_pairs else None)
     o_it, o_us, opt = res.items, res.users, res.upper  # ratios are to the upper bound: conservative
     opt_s = time.time() - t0
     print(f"# {args.lake} {day}: {ids.size} items, {avail.size} available users, {len(g):,} ranked edges, "
@@ -327,7 +338,9 @@ def cmd_policies(args) -> list[dict]:
     runs = [(p, p, PolicyParams(), "g") for p in POLICIES]
     if args.sweep:
         runs += [(f"optimal fs={fs} b={bo}", "optimal", PolicyParams(floor_share=fs, floor_bonus=bo, cover_bonus=bo), "g")
-                 for fs in (0.0, 0.25, 0.5) for bo in (0.25, 1.0) if fs or bo == 1.0]
+                 for fs in (0.0, 0.25, 0.5, 0.75) for bo in (0.25, 1.0) if fs or bo == 1.0]
+        runs += [(f"optimal fs={fs} tiers={t}", "optimal", PolicyParams(floor_share=fs, floor_tiers=t), "g")
+                 for fs in (1.0, 0.75) for t in (2, 4)]
         runs += [(f"{p}, g · p_active", p, PolicyParams(weight_by_p_active=True), "g") for p in ("paced", "optimal")]
     values = {"g": g}
     if args.values:
@@ -375,16 +388,32 @@ def cmd_policies(args) -> list[dict]:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.bound_json:
+        rows += [x for x in prev["rows"] if x["policy"] == "optimum (truth, bound)"]
+    else:
+        rows.append(optimum_row(res, ids, avail, score, nxt, cand_opt, opt_s, args))
+    print(json.dumps(rows[-1]), flush=True)
+    return _print_rows(rows, args, res, ids, avail, source)
+
+
+def optimum_row(res, ids, avail, score, nxt, cand_opt, opt_s, args) -> dict:
+    """The creator figures of the optimum's own (lower-bound) assignment."""
+    from dualrec.evaluation import baselines as B
+    from dualrec.evaluation.figures import creator_figures, feedback_figures
+
+    o_it, o_us, opt = res.items, res.users, res.upper
     vals = B.score_pairs(score, avail[o_us], ids[o_it])
     per_item = np.bincount(o_it, minlength=ids.size)
     ff = feedback_figures(ids[o_it], ids, vals)
     cf = creator_figures(per_item, avail.size, args.L, args.Q)
-    rows.append({"policy": "optimum (truth, bound)", "coverage": cf["coverage"], "fair_served": cf["fair_served"],
-                 "items_reaching_feedback": ff["items_reaching_feedback"], "expected_feedback": round(res.lower, 2),
-                 "optimum_ratio": round(res.lower / opt, 4), "of_candidate_optimum": round(opt / cand_opt, 4) if cand_opt else None,
-                 "hit_rate": float(np.isin(np.unique(avail[o_us]), nxt).mean()),
-                 "pairs": int(o_it.size), "seconds": round(opt_s, 1)})
-    print(json.dumps(rows[-1]), flush=True)
+    return {"policy": "optimum (truth, bound)", "coverage": cf["coverage"], "fair_served": cf["fair_served"],
+            "items_reaching_feedback": ff["items_reaching_feedback"], "expected_feedback": round(res.lower, 2),
+            "optimum_ratio": round(res.lower / opt, 4), "of_candidate_optimum": round(opt / cand_opt, 4) if cand_opt else None,
+            "hit_rate": float(np.isin(np.unique(avail[o_us]), nxt).mean()),
+            "pairs": int(o_it.size), "seconds": round(opt_s, 1)}
+
+
+def _print_rows(rows, args, res, ids, avail, source) -> list[dict]:
     print("| policy | coverage | fair_served | items_reaching_feedback | expected_feedback | optimum_ratio "
           "| of candidate optimum | hit rate |")
     print("|---|---|---|---|---|---|---|---|")
@@ -480,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     pol.add_argument("--sweep", action="store_true", help="also sweep the optimal policy's floor and bonus")
     pol.add_argument("--values", action="store_true",
                      help="also run optimal with other edge values built from the ranked scores (and the truth's, a perfect ranker)")
+    pol.add_argument("--bound-json", help="reuse the certified optimum of an earlier --json of the same day (medium: saves ~5 min)")
     pol.add_argument("--rows", help="regex: of the --sweep/--values rows run only those whose name matches")
     pol.add_argument("--json", help="write the rows here")
     pol.add_argument("--available", type=int, default=0, help="without a run: available users (default: expected visitors)")

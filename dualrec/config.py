@@ -424,6 +424,11 @@ class DispatchConfig(_Section):
     optimal_floor_share: float = Field(1.0, ge=0, description="optimal: floor = ceil(share * fair share m)")
     optimal_floor_bonus: float = Field(1.0, ge=0, description="optimal: bonus per user up to the floor, in units of max g")
     optimal_cover_bonus: float = Field(1.0, ge=0, description="optimal: extra bonus for an item's first user (units of max g)")
+    optimal_floor_tiers: int = Field(
+        1, ge=1, le=64,
+        description="optimal: > 1 cuts the floor into this many tiers with bonus decreasing tier by tier "
+        "(a concave floor: every item's first tier is filled before any item's next); 1 = a flat floor",
+    )
     weight_by_p_active: bool = Field(False, description="paced/optimal rank pairs by g * p_active instead of g (measured worse)")
 
 
@@ -455,6 +460,7 @@ class MetricsConfig(_Section):
 ARM_KEYS: tuple[str, ...] = (
     "dispatch.policy", "dispatch.L", "dispatch.Q", "dispatch.forecast_days", "dispatch.optimal_floor_share",
     "dispatch.optimal_floor_bonus", "dispatch.optimal_cover_bonus", "dispatch.weight_by_p_active",
+    "dispatch.optimal_floor_tiers",
 )
 """Keys an experiment arm may override: the dispatch stage runs once per arm, every earlier stage
 (activity, models, indexes, candidates, ranking) runs once for all arms, so only dispatch knobs can

@@ -209,6 +209,13 @@ def test_every_policy_keeps_the_invariants_and_the_optimum_bounds_them(day):
         assert (np.unique(sel_i, return_counts=True)[1] <= L).all(), policy
         assert states[3].tolist() == [int((sel_u == u).sum()) for u in avail], policy
         assert g[mask].sum() <= g[opt].sum() + 1e-6, policy
+    for tiers in (2, 4):  # the concave (tiered) floor keeps the invariants too
+        mask, _ = dispatch_day_arrays(batch, items, users, g, rank, avail, L, Q, "optimal", batches_per_day=4,
+                                      params=PolicyParams(floor_tiers=tiers))
+        assert set(users[mask].tolist()) <= set(avail.tolist()), tiers
+        assert (np.unique(users[mask], return_counts=True)[1] <= Q).all(), tiers
+        assert (np.unique(items[mask], return_counts=True)[1] <= L).all(), tiers
+        assert g[mask].sum() <= g[opt].sum() + 1e-6, tiers
 
 
 @settings(max_examples=120, deadline=None)
@@ -259,6 +266,23 @@ def test_optimal_floor_covers_items_greedy_leaves_out():
                                   params=PolicyParams(floor_share=0.5, floor_bonus=1.0, cover_bonus=1.0))
     assert set(np.asarray(items)[mask]) == {1, 2}
     assert assign_arrays(items, users, g, [0, 0, 1], 1, 2, "flow").tolist() == [True, True, False]  # Σ g alone
+
+
+def test_tiered_floor_fills_every_items_first_tier_a_flat_floor_may_not():
+    # 4 users x 1 slot, floor 4 for both items; item 1 is better for everyone (g 1.0 vs 0.6).
+    # A flat floor earns the same bonus for item 1's third user as for item 2's second, so Σ g
+    # gives item 1 three users and item 2 one; two tiers (bonus 1 up to 2 users, 0.5 up to 4)
+    # fill both items' first tier first: 2 and 2.
+    items, users = [1] * 4 + [2] * 4, [1, 2, 3, 4] * 2
+    g, rank = [1.0] * 4 + [0.6] * 4, [0] * 4 + [1] * 4
+    kw = dict(floor=4, floor_bonus=1.0, cover_bonus=1.0)
+    flat = assign_arrays(items, users, g, rank, 1, 4, "flow", **kw)
+    tiered = assign_arrays(items, users, g, rank, 1, 4, "flow", floor_tiers=2, **kw)
+    assert np.bincount(np.asarray(items)[flat])[1:].tolist() == [3, 1]
+    assert np.bincount(np.asarray(items)[tiered])[1:].tolist() == [2, 2]
+    assert assign_arrays(items, users, g, rank, 1, 4, "flow", floor_tiers=1, **kw).tolist() == flat.tolist()
+    cfg = DualRecConfig.model_validate({"dispatch": {"optimal_floor_tiers": 3}})
+    assert PolicyParams.from_config(cfg.dispatch).floor_tiers == 3
 
 
 # ----------------------------------------------------------------------------- Spark paths

@@ -14,7 +14,10 @@
     The exact maximum of Σ g + Σ_i bonus_i(n_i) under both caps, by min-cost flow (OR-tools),
     where bonus_i is concave in the item's user count n_i: ``cover_bonus`` for the first user,
     ``floor_bonus`` for each further user up to ``floor``, 0 beyond (decreasing-value arcs from
-    the source to the item). With both bonuses 0 it is the max-weight b-matching, which is what
+    the source to the item). ``floor_tiers`` T > 1 makes the floor itself concave: the floor is
+    cut into T equal tiers and tier t (0-based) earns ``floor_bonus · (T − t) / T`` per user, so
+    the flow fills every item's first tier before any item's second (a flat floor is indifferent
+    between one item's last floor user and another's first ones). With both bonuses 0 it is the max-weight b-matching, which is what
     evaluation uses for ``quality.expected_feedback_optimum``.
 
 The caller's item cap may be a scalar L or one value per edge (all edges of an item agree).
@@ -165,7 +168,7 @@ def matching_kernel(item_rank, iidx, n_items, uidx, user_ids, g, cap_u, rem_item
 
 def flow_kernel(
     iidx: np.ndarray, n_items: int, uidx: np.ndarray, g: np.ndarray, cap_u: np.ndarray, cap_items: np.ndarray,
-    floor: np.ndarray | None = None, floor_bonus: float = 0.0, cover_bonus: float = 0.0,
+    floor: np.ndarray | None = None, floor_bonus: float = 0.0, cover_bonus: float = 0.0, floor_tiers: int = 1,
 ) -> np.ndarray:
     """Max Σ g + Σ_i bonus_i(n_i) under item caps ``cap_items`` and user caps ``cap_u`` (exact).
 
@@ -198,7 +201,14 @@ def flow_kernel(
     mid = np.maximum(fl - first, 0)
     b_first = -np.rint((cover_bonus + floor_bonus * (fl >= 1)) * _COST_SCALE).astype(np.int64)
     add(np.full(n_items, src), item_node, first, b_first)
-    add(np.full(n_items, src), item_node, mid, np.full(n_items, -int(round(floor_bonus * _COST_SCALE))))
+    tiers = max(int(floor_tiers), 1)
+    done = np.zeros(n_items, np.int64)  # floor users placed in earlier tiers (the first user counts as tier 0)
+    for t in range(tiers):
+        upto = np.ceil(fl * (t + 1) / tiers).astype(np.int64) - first  # floor users (after the first) through tier t
+        c_t = np.maximum(np.minimum(upto, mid) - done, 0)
+        add(np.full(n_items, src), item_node, c_t,
+            np.full(n_items, -int(round(floor_bonus * (tiers - t) / tiers * _COST_SCALE))))
+        done += c_t
     add(np.full(n_items, src), item_node, cap_items - first - mid, np.zeros(n_items, np.int64))
     first_edge_arc = sum(len(t) for t in tails)
     tails.append(item_node[iidx]), heads.append(user_node[uidx])
@@ -231,6 +241,7 @@ def assign_arrays(
     floor: Any = None,
     floor_bonus: float = 0.0,
     cover_bonus: float = 0.0,
+    floor_tiers: int = 1,
 ) -> np.ndarray:
     """Capacity-constrained assignment of one batch (or of a whole day treated as one batch).
 
@@ -277,6 +288,6 @@ def assign_arrays(
     order = np.lexsort((user_ids, item_ids, item_rank))  # canonical arc order: reruns give the same optimum
     mask = np.zeros(len(g), dtype=bool)
     mask[order] = flow_kernel(
-        iidx[order], len(uniq_i), uidx[order], g[order], cap_u, cap_items, fl, floor_bonus, cover_bonus
+        iidx[order], len(uniq_i), uidx[order], g[order], cap_u, cap_items, fl, floor_bonus, cover_bonus, floor_tiers
     )
     return mask

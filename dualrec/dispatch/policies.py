@@ -55,6 +55,7 @@ class PolicyParams:
     floor_bonus: float = 1.0
     cover_bonus: float = 1.0
     weight_by_p_active: bool = False
+    floor_tiers: int = 1
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PolicyParams":
@@ -63,6 +64,7 @@ class PolicyParams:
             floor_bonus=float(getattr(cfg, "optimal_floor_bonus", cls.floor_bonus)),
             cover_bonus=float(getattr(cfg, "optimal_cover_bonus", cls.cover_bonus)),
             weight_by_p_active=bool(getattr(cfg, "weight_by_p_active", cls.weight_by_p_active)),
+            floor_tiers=int(getattr(cfg, "optimal_floor_tiers", cls.floor_tiers)),
         )
 
 
@@ -140,7 +142,7 @@ def assign_optimal(item_ids, user_ids, g, item_rank, capacity, L: int, floor: in
     """The ``optimal`` kernel call (shared by the NumPy driver and the Spark stage)."""
     return assign_arrays(
         item_ids, user_ids, g, item_rank, capacity, L, "flow",
-        floor=floor, floor_bonus=params.floor_bonus, cover_bonus=params.cover_bonus,
+        floor=floor, floor_bonus=params.floor_bonus, cover_bonus=params.cover_bonus, floor_tiers=params.floor_tiers,
     )
 
 
