@@ -329,7 +329,7 @@ def cmd_policies(args) -> list[dict]:
         grid = truth_grid_fn(lake, day + dt.timedelta(days=1))(ids, avail)
         res = certified_optimum(grid, args.L, args.Q, max_pairs=args.max_pairs,
                                 user_upper=grid.user_upper() if ids.size * avail.size > args.max_pairs else None)
-    o_it, o_us, opt = res.items, res.users, res.upper  # ratios are to the upper bound: conservative
+    opt = res.upper  # ratios are to the upper bound: conservative
     opt_s = time.time() - t0
     print(f"# {args.lake} {day}: {ids.size} items, {avail.size} available users, {len(g):,} ranked edges, "
           f"capacity {avail.size * args.Q:,} slots vs demand {ids.size * args.L:,}; optimum over every available "

@@ -275,7 +275,7 @@ def test_tiered_floor_fills_every_items_first_tier_a_flat_floor_may_not():
     # fill both items' first tier first: 2 and 2.
     items, users = [1] * 4 + [2] * 4, [1, 2, 3, 4] * 2
     g, rank = [1.0] * 4 + [0.6] * 4, [0] * 4 + [1] * 4
-    kw = dict(floor=4, floor_bonus=1.0, cover_bonus=1.0)
+    kw = {"floor": 4, "floor_bonus": 1.0, "cover_bonus": 1.0}
     flat = assign_arrays(items, users, g, rank, 1, 4, "flow", **kw)
     tiered = assign_arrays(items, users, g, rank, 1, 4, "flow", floor_tiers=2, **kw)
     assert np.bincount(np.asarray(items)[flat])[1:].tolist() == [3, 1]

@@ -207,7 +207,7 @@ def flow_kernel(
         upto = np.ceil(fl * (t + 1) / tiers).astype(np.int64) - first  # floor users (after the first) through tier t
         c_t = np.maximum(np.minimum(upto, mid) - done, 0)
         add(np.full(n_items, src), item_node, c_t,
-            np.full(n_items, -int(round(floor_bonus * (tiers - t) / tiers * _COST_SCALE))))
+            np.full(n_items, -round(floor_bonus * (tiers - t) / tiers * _COST_SCALE)))
         done += c_t
     add(np.full(n_items, src), item_node, cap_items - first - mid, np.zeros(n_items, np.int64))
     first_edge_arc = sum(len(t) for t in tails)
