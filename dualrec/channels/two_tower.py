@@ -74,6 +74,11 @@ def _search_in_spark(items_df, model, index, k: int, batch: int):
 
     def fn(batches):
         if key not in _WORKER_CACHE:
+            import torch
+
+            # one Python worker per Spark core already: more intra-op threads only oversubscribe the cores
+            torch.set_num_threads(1)
+            faiss.omp_set_num_threads(1)
             p = bc.value
             idx = faiss.deserialize_index(np.frombuffer(p["index"], dtype=np.uint8))
             if p["meta"].get("nprobe"):
