@@ -99,7 +99,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
             warm_from = None
     if model is None:
         model = new_two_tower(spec, ctx.seed("two_tower.init"))  # seeded: the initial weights were the global RNG's
-    seen_end, seen_day = _seen(lake, warm_from) if (warm_from is not None and cfg.incremental) else (None, None)
+    seen_end, seen_day = _seen(model.manifest) if (warm_from is not None and cfg.incremental) else (None, None)
 
     # explicit positives of the window, cached: they feed the features, the sample and the item set
     pos = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi").cache()
@@ -187,12 +187,11 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     return model, feats, manifest, timings
 
 
-def _seen(lake, warm_from: dt.date) -> tuple[dt.date, dt.date]:
+def _seen(m: dict[str, Any]) -> tuple[dt.date, dt.date]:
     """(last day of the previous model's training window, the day whose uploads it left out).
 
     Followed through kept models: a kept model's manifest is its source's, so its window is the
-    one the weights were trained on."""
-    m = read_manifest(lake, NAME, warm_from)
+    one the weights were trained on. ``m`` is the manifest the warm start loaded with the model."""
     end = dt.date.fromisoformat(m["training_window"][1])
     return end, dt.date.fromisoformat(m.get("kept_from") or m.get("day") or end.isoformat())
 
