@@ -389,7 +389,10 @@ class RankConfig(_Section):
     rate_prior_strength: float = Field(10.0, gt=0, description="smoothing of per-item/creator/user positive rates")
     id_buckets: int = Field(1 << 17, ge=2)
     cat_buckets: int = Field(64, ge=2)
-    score_batch_rows: int = Field(8192, ge=1)
+    score_batch_rows: int = Field(
+        4096, ge=1,
+        description="pairs per model call when scoring (measured on small: 4096 beats 8192 by ~8 %, the batch stays in cache)",
+    )
     torch_threads: int = Field(
         2, ge=1,
         description="training threads (capped at the cores; OpenMP waits passively, see models/__init__.py)",

@@ -31,7 +31,7 @@ from dualrec.rank_inputs import (
     projection_matrix,
     window_sums,
 )
-from dualrec.lake import parse_date
+from dualrec.lake import date_range, parse_date
 from dualrec.stats import roc_auc
 from models.promo import batch_end_us, batch_start_us, completion_rate, feedback_value, pinnacle_lists
 from schemas.feedback import VISIBLE_FEEDBACKS
@@ -46,14 +46,13 @@ from models.ranker import (
     load_ranker,
     model_from_bytes,
     model_to_bytes,
+    pair_scorer,
     predict,
+    predict_pairs,
     user_table_columns,
 )
 
 log = logging.getLogger(__name__)
-
-def _days(start: dt.date, end: dt.date) -> list[dt.date]:
-    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def _rate_cols(prefix: str, a: float, g: dict[str, float]):
@@ -210,7 +209,7 @@ def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fractio
     daily = cached_daily(spark, lake, first, end, cfg)
     g = global_rates(daily["user"])
     hist = _persist(enriched_interactions(spark, lake, start - dt.timedelta(days=H), end, items), cached)
-    ufeat = _persist(user_features(spark, lake, daily, _days(start - dt.timedelta(days=H), end), cfg, g), cached)
+    ufeat = _persist(user_features(spark, lake, daily, date_range(start - dt.timedelta(days=H), end), cfg, g), cached)
     ufeat = ufeat.withColumnRenamed("feat_day", "row_day")
     # the rows to return (sampled by hash rank), marked among every exposure of the history
     r = sample_rank_col(seed)
@@ -237,7 +236,7 @@ def training_rows(spark, lake, start: dt.date, end: dt.date, cfg, sample_fractio
     # (no item-age feature: at scoring every item is < 1 batch old, a range training barely covers)
     rows = so.join(items, "item_id", "inner").join(ufeat, ["user_id", "row_day"], "left")
     rows = _sofar_finish(rows, cfg, g).withColumn("feat_day", F.col("row_day")).withColumn("_r", r)
-    rows = _attach_item_side(spark, lake, rows, daily, cfg, g, _days(start, end), _days(item_start, end))
+    rows = _attach_item_side(spark, lake, rows, daily, cfg, g, date_range(start, end), date_range(item_start, end))
     cols = input_columns(p)
     return rows.select(*cols, *y, "row_day", "upload_day", "ts", "_r"), g
 
@@ -280,7 +279,7 @@ def _scoring_parts(spark, lake, day: dt.date, candidates, cfg, cached: list | No
         )
     )
     it = _sofar_finish(cand_items.join(so, "item_id", "left"), cfg, g).withColumn("feat_day", F.lit(day))
-    it = _attach_item_side(spark, lake, it, daily, cfg, g, [day], _days(item_start, day))
+    it = _attach_item_side(spark, lake, it, daily, cfg, g, [day], date_range(item_start, day))
     return it, ufeat.drop("feat_day"), g
 
 
@@ -326,7 +325,9 @@ def score_candidates(candidates, side: SideArrays, model, beta: dict[str, float]
     come back: each worker gathers the user and item halves of the features by ``searchsorted``
     (:func:`models.ranker.featurize_pairs`) and runs the model in batches of ``batch_rows``. Pairs
     whose item has no features are dropped (the inner join of :func:`scoring_rows`); unknown
-    users get the zero row (its left join). Equal to ``integrated_score(score_in_spark(scoring_rows(...)))``.
+    users get the zero row (its left join). The model's first layer runs per user and per item
+    (:func:`models.ranker.pair_scorer`), not per pair. Equal to
+    ``integrated_score(score_in_spark(scoring_rows(...)))`` up to float32 summation order.
     """
     from dataclasses import asdict
 
@@ -348,7 +349,9 @@ def score_candidates(candidates, side: SideArrays, model, beta: dict[str, float]
             torch.set_num_threads(1)
             cache["m"] = model_from_bytes(bc.value["spec"], bc.value["blob"])
             cache["side"] = bc.value["side"]
-        m, sd = cache["m"], cache["side"]
+            # the first layer's per-user / per-item halves, once per task (not per batch)
+            cache["scorer"] = pair_scorer(cache["m"], cache["side"]) if cache["m"].spec.promo == "off" else None
+        m, sd, scorer = cache["m"], cache["side"], cache["scorer"]
         for bt in batches:
             if bt.num_rows == 0:
                 continue
@@ -361,9 +364,12 @@ def score_candidates(candidates, side: SideArrays, model, beta: dict[str, float]
                 if bt.num_rows == 0:
                     continue
             u_rows = sd.user_rows(users)
-            cat, dense = featurize_pairs(sd, users, u_rows, i_rows, m.spec, mask_item_id=True)
-            prompt = sd.item_prompt.take(i_rows) if sd.item_prompt is not None else None
-            s = predict(m, cat, dense, batch_rows, prompt=prompt)
+            if scorer is not None:
+                s = predict_pairs(m, scorer, users, u_rows, i_rows, batch_rows)
+            else:  # PROMO: the prompt features are per pair
+                cat, dense = featurize_pairs(sd, users, u_rows, i_rows, m.spec, mask_item_id=True)
+                prompt = sd.item_prompt.take(i_rows) if sd.item_prompt is not None else None
+                s = predict(m, cat, dense, batch_rows, prompt=prompt)
             theta = ((sd.user_extra["u_n_explicit"][u_rows] + theta_prior * g_explicit)
                      / (sd.user_extra["u_n_imp"][u_rows] + theta_prior)).astype(np.float32)
             total = np.zeros(len(s), np.float64)
@@ -410,7 +416,7 @@ def exposures_in(lake, start: dt.date, end: dt.date) -> int:
     import pyarrow.parquet as pq
 
     n = 0
-    for d in _days(start, end):
+    for d in date_range(start, end):
         if not lake.has_partition("interactions", d):
             continue
         for path in lake._data_files(lake.partition_rel("interactions", d)):
@@ -479,10 +485,10 @@ def feedback_events(lake, start: dt.date, end: dt.date, cfg) -> dict[str, np.nda
 
 
     pcfg = cfg.rank.promo
-    days = _days(start, end)
+    days = date_range(start, end)
     cols = ["user_id", "item_id", "ts", "play_time_ms", "is_long_view", *[f"is_{t}" for t in VISIBLE_FEEDBACKS]]
     inter = lake.read_tables("interactions", days, cols)
-    items = lake.read_tables("items", _days(start - dt.timedelta(days=cfg.rank.item_lookback_days), end),
+    items = lake.read_tables("items", date_range(start - dt.timedelta(days=cfg.rank.item_lookback_days), end),
                              ["item_id", "duration_ms"])
     it_ids = items.column("item_id").to_numpy().astype(np.int64)
     order = np.argsort(it_ids, kind="stable")
@@ -504,7 +510,7 @@ def feedback_events(lake, start: dt.date, end: dt.date, cfg) -> dict[str, np.nda
 
 
 def _similar_arrays(lake, start: dt.date, end: dt.date):
-    t = lake.read_tables("item_similar", _days(start, end), ["item_id", "similar_item_id", "sim"])
+    t = lake.read_tables("item_similar", date_range(start, end), ["item_id", "similar_item_id", "sim"])
     return (t.column("item_id").to_numpy().astype(np.int64), t.column("similar_item_id").to_numpy().astype(np.int64),
             t.column("sim").to_numpy().astype(np.float64))
 

@@ -668,6 +668,115 @@ def predict(model: MultiTaskRanker, cat: np.ndarray, dense: np.ndarray, batch_ro
     return out
 
 
+@dataclass
+class PairScorer:
+    """The ranker's first layer split into a per-user and a per-item half, computed once per side table.
+
+    Why: the bottom MLP's first layer is linear in its input, and every input block except the
+    profile cross features depends on the user alone or on the item alone (the standardise-and-clip
+    of :meth:`MultiTaskRanker.bottom_input` is per column). So ``W x + b`` of a pair is
+    ``user_part[u] + item_part[i] + W_cross x_cross``: scoring a day's candidates (tens of pairs
+    per user, hundreds per item) gathers two rows of ``hidden`` floats per pair instead of building
+    ~100 feature columns and multiplying them by the first layer. Same function as
+    :func:`featurize_pairs` + :func:`predict`, up to float32 summation order.
+    """
+
+    user_part: torch.Tensor  # [n_users + 1, hidden]; the unknown-user row has no ID term (added per pair)
+    item_part: torch.Tensor  # [n_items, hidden], the first layer's bias included
+    w_uid: torch.Tensor  # [emb_dim, hidden]: an unknown user's own hashed ID
+    w_cross: torch.Tensor  # [n_cross, hidden]
+    cross_mean: torch.Tensor
+    cross_std: torch.Tensor
+    u_prof: torch.Tensor  # [n_users + 1, p] raw user profile (cross features)
+    i_proj: torch.Tensor  # [n_items, p] raw item content projection
+    e_prof: torch.Tensor | None  # [n_items, p] raw positive-user profile (extra features)
+
+
+@torch.inference_mode()
+def pair_scorer(model: MultiTaskRanker, side: SideArrays, mask_item_id: bool = True) -> PairScorer:
+    """:class:`PairScorer` of ``model`` over ``side`` (item IDs masked: the day's new items)."""
+    spec = model.spec
+    if spec.promo != "off":
+        raise ValueError("pair_scorer: a PROMO ranker's prompt features are per pair; use featurize_pairs + predict")
+    W, b = model.bottom[0].weight, model.bottom[0].bias  # [h, n_in]
+    E, cols = spec.emb_dim, spec.dense_columns
+    off_small = len(ID_COLS) * E
+    off_nd = off_small + len(SMALL_CAT_COLS) * CAT_DIM
+    mean, std = model.dense_mean, model.dense_std
+    upos = [k for k, c in enumerate(cols) if _is_user_col(c)]
+    ipos = [k for k, c in enumerate(cols) if not _is_user_col(c)]
+    cross = list(range(len(cols), spec.n_dense))
+
+    def block(j0: int, width: int) -> torch.Tensor:  # [width, h]
+        return W[:, j0 : j0 + width].t()
+
+    def nd(x: np.ndarray, pos: list[int]) -> torch.Tensor:
+        return ((torch.from_numpy(np.ascontiguousarray(x)) - mean[pos]) / std[pos]).clamp(-6.0, 6.0)
+
+    def small_block(col: str) -> torch.Tensor:
+        return block(off_small + SMALL_CAT_COLS.index(col) * CAT_DIM, CAT_DIM)
+
+    nu = len(side.user_ids)
+    ucat = torch.from_numpy(side.user_cat)
+    up = nd(side.user_dense, upos) @ W[:, [off_nd + k for k in upos]].t()
+    uid = model.ids[0](ucat[:, 0]) @ block(0, E)
+    uid[nu:] = 0.0  # unknown users: their own hashed ID, added per pair
+    up += uid
+    for k, c in enumerate(USER_CAT_COLS):
+        up += model.small(ucat[:, 1 + k]) @ small_block(c)
+    icat = torch.from_numpy(side.item_cat)
+    iid = torch.zeros_like(icat[:, 0]) if mask_item_id else icat[:, 0]
+    ip = nd(side.item_dense, ipos) @ W[:, [off_nd + k for k in ipos]].t() + b
+    ip += model.ids[ITEM_ID_POS](iid) @ block(ITEM_ID_POS * E, E)
+    ip += model.ids[ID_COLS.index("creator_id")](icat[:, 1]) @ block(ID_COLS.index("creator_id") * E, E)
+    ip += model.small(icat[:, 2]) @ small_block("category")
+    ucols, icols, p = user_dense_columns(spec), item_dense_columns(spec), spec.profile_dim
+
+    def sub(a: np.ndarray, names: list[str], first: str) -> torch.Tensor:
+        j = names.index(first)
+        return torch.from_numpy(np.ascontiguousarray(a[:, j : j + p]))
+
+    return PairScorer(
+        user_part=up.contiguous(), item_part=ip.contiguous(), w_uid=block(0, E).contiguous(),
+        w_cross=W[:, [off_nd + k for k in cross]].t().contiguous(), cross_mean=mean[cross].clone(), cross_std=std[cross].clone(),
+        u_prof=sub(side.user_dense, ucols, "u_prof_0"), i_proj=sub(side.item_dense, icols, "i_proj_0"),
+        e_prof=sub(side.item_dense, icols, "e_pos_prof_0") if spec.extra_features else None,
+    )
+
+
+@torch.inference_mode()
+def predict_pairs(model: MultiTaskRanker, scorer: PairScorer, user_ids: np.ndarray, u_rows: np.ndarray, i_rows: np.ndarray,
+                  batch_rows: int = 2048) -> np.ndarray:
+    """Probabilities [n, M] of (user row, item row) pairs through a :class:`PairScorer`
+    (= :func:`predict` of :func:`featurize_pairs`' arrays, item IDs masked)."""
+    model.eval()
+    w1, b1, w2, b2 = _fused_towers(model)
+    trained = model.task_trained[None, :]
+    layer2 = model.bottom[2]
+    n_known = scorer.user_part.shape[0] - 1
+    out = np.empty((len(u_rows), len(model.spec.tasks)), np.float32)
+    ur_all = torch.from_numpy(np.ascontiguousarray(u_rows, dtype=np.int64))
+    ir_all = torch.from_numpy(np.ascontiguousarray(i_rows, dtype=np.int64))
+    for s in range(0, len(u_rows), batch_rows):
+        ur, ir = ur_all[s : s + batch_rows], ir_all[s : s + batch_rows]
+        h = scorer.user_part.index_select(0, ur) + scorer.item_part.index_select(0, ir)
+        uprof = scorer.u_prof.index_select(0, ur)
+        xs = [(uprof * scorer.i_proj.index_select(0, ir)).sum(1)]
+        if scorer.e_prof is not None:
+            xs.append((uprof * scorer.e_prof.index_select(0, ir)).sum(1))
+        x = ((torch.stack(xs, 1) - scorer.cross_mean) / scorer.cross_std).clamp(-6.0, 6.0)
+        h.addmm_(x, scorer.w_cross)
+        unknown = (ur == n_known).nonzero().flatten()
+        if len(unknown):
+            ids = np.asarray(user_ids[s : s + batch_rows], np.int64)[unknown.numpy()]
+            hashed = torch.from_numpy(hash_bucket(ids, model.spec.id_buckets, 17))
+            h.index_add_(0, unknown, model.ids[0](hashed) @ scorer.w_uid)
+        h = layer2(h.relu_()).relu_()
+        logits = torch.addmm(b2, torch.addmm(b1, h, w1).relu_(), w2)
+        out[s : s + len(ur)] = (torch.sigmoid(logits) * trained).numpy()
+    return out
+
+
 # ---------------------------------------------------------------------- persistence
 def model_to_bytes(model: MultiTaskRanker) -> bytes:
     return state_to_bytes(model)
@@ -693,5 +802,5 @@ __all__ = [
     "TASKS", "RankerSpec", "MultiTaskRanker", "featurize", "labels_of", "augment", "fresh_item_values", "new_model", "train_ranker",
     "predict", "save_ranker", "load_ranker", "model_to_bytes", "model_from_bytes", "input_columns", "hash_bucket",
     "SideArrays", "side_arrays", "featurize_pairs", "user_table_columns", "item_table_columns", "promo_loss",
-    "prompt_arrays", "PromptBatch",
+    "prompt_arrays", "PromptBatch", "PairScorer", "pair_scorer", "predict_pairs",
 ]

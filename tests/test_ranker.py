@@ -334,6 +334,39 @@ def test_featurize_pairs_equals_featurize_of_joined_rows():
         side_arrays(pa.Table.from_pandas(pd.concat([u, u.iloc[:1]])), pa.Table.from_pandas(it), SPEC)
 
 
+@pytest.mark.parametrize("extra", [True, False])
+def test_pair_scorer_equals_featurize_pairs_then_predict(extra):
+    """The first layer split per user / per item gives the same probabilities as building every
+    pair's feature row (unknown users keep their own hashed ID); a PROMO model is refused."""
+    import dataclasses
+
+    import torch
+
+    from models.ranker import featurize_pairs, pair_scorer, predict_pairs, side_arrays
+
+    spec = dataclasses.replace(SPEC, extra_features=extra)
+    u, it = _sides(40, 15, 3)
+    side = side_arrays(pa.Table.from_pandas(u), pa.Table.from_pandas(it), spec)
+    rng = np.random.default_rng(4)
+    users = np.append(rng.choice(u.user_id, 300), [5, 6, 6])  # 5, 6: unknown users
+    items = rng.choice(it.item_id, 303)
+    items[-3:] = items[0]
+    ur, ir = side.user_rows(users), side.item_rows(items)
+    m = new_model(spec, 7)
+    cat, dense = featurize_pairs(side, users, ur, ir, spec, mask_item_id=True)
+    m.fit_normalizer(dense * 3.0 + 1.0)  # a normaliser that shifts, scales and clips
+    with torch.no_grad():
+        m.task_trained.fill_(1.0)
+        m.task_trained[1] = 0.0
+    ref = predict(m, cat, dense)
+    got = predict_pairs(m, pair_scorer(m, side), users, ur, ir, batch_rows=64)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert (got[:, 1] == 0).all()
+    assert got[-1].tolist() == got[-2].tolist() and got[-2].tolist() != got[-3].tolist()  # own hashed IDs
+    with pytest.raises(ValueError, match="PROMO"):
+        pair_scorer(new_model(dataclasses.replace(spec, promo="m"), 0), side)
+
+
 def test_fast_scoring_equals_joined_rows_path(ranked_world, spark):
     """The rank stage's per-user/per-item path (score_candidates) gives the same ranked rows as
     the joined feature rows scored by score_in_spark + integrated_score (the previous path)."""

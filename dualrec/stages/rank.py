@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 
 from dualrec.artifacts import keep_previous
-from dualrec.lake import Lake, LakeError
+from dualrec.lake import Lake, LakeError, date_range
 from dualrec.ranking import (
     THETA_INPUTS,
     model_for_day,
@@ -59,14 +59,10 @@ def reads(cfg, day: dt.date) -> dict[str, list[dt.date]]:
     start = day - dt.timedelta(days=rc.train_window_days)
     first = start - dt.timedelta(days=rc.item_history_days + rc.user_window_days)
     return {
-        "interactions": _span(first, day),
-        "items": _span(first - dt.timedelta(days=rc.item_lookback_days), day),
-        "users": _span(start - dt.timedelta(days=rc.item_history_days + 1), day),
+        "interactions": date_range(first, day),
+        "items": date_range(first - dt.timedelta(days=rc.item_lookback_days), day),
+        "users": date_range(start - dt.timedelta(days=rc.item_history_days + 1), day),
     }
-
-
-def _span(a: dt.date, b: dt.date) -> list[dt.date]:
-    return [a + dt.timedelta(days=i) for i in range((b - a).days + 1)]
 
 
 def train_window(lake, day: dt.date, cfg, prev_day: dt.date | None, prev_train_end: dt.date | None) -> tuple[dt.date, dt.date, bool]:
