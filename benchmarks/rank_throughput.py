@@ -126,12 +126,16 @@ def main(argv=None) -> int:
     if args.driver_only:
         return 0
 
+    import pandas as pd
     from pyspark.sql import functions as F
 
     from dualrec.config import SparkConfig
-    import pandas as pd
-
-    from dualrec.ranking import THETA_INPUTS, integrated_score, score_candidates, score_in_spark
+    from dualrec.ranking import (
+        THETA_INPUTS,
+        integrated_score,
+        score_candidates,
+        score_in_spark,
+    )
     from dualrec.spark import get_spark
 
     spark = get_spark(SparkConfig(master=args.master, shuffle_partitions=4, driver_memory="4g"))
