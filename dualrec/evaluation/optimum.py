@@ -385,7 +385,7 @@ def _certified_optimum(scorer, L, Q, max_pairs, top_m, top_k, rounds, tol, block
                              time.perf_counter() - t0, time.process_time() - c0, core[np.concatenate(best)])
     for r in range(1, rounds + 1):
         scale = _COST_UNITS / max(w_hi, 1e-300)
-        order = np.lexsort((eu, ei))  # canonical arc order: reruns give the same flow
+        order = np.argsort(ei * n_c + eu, kind="stable")  # canonical arc order (by item, then user): reruns give the same flow
         ei, eu, ev = ei[order], eu[order], ev[order]
         chosen, d = _flow(ei, eu, np.rint(ev * scale).astype(np.int64), n_i, n_c, L, Q)
         items, users = ei[chosen], eu[chosen]
@@ -409,7 +409,7 @@ def _certified_optimum(scorer, L, Q, max_pairs, top_m, top_k, rounds, tol, block
         if upper - lower <= tol * (upper + slack):
             break  # the scored part is certified (more rounds cannot shrink the screened users' slack)
         ni, nu, nv = np.concatenate(new_i), np.concatenate(new_u), np.concatenate(new_v).astype(np.float64)
-        known = np.sort(ei * n_c + eu)
+        known = ei * n_c + eu  # sorted: E is in canonical order since the flow
         nk = ni * n_c + nu
         have = known[np.minimum(np.searchsorted(known, nk), len(known) - 1)] == nk
         if have.all():
