@@ -133,10 +133,11 @@ def curve_points(edges: DayEdges | None, ranked_users: np.ndarray, grid: Sequenc
 
 
 def size_curve(lake: Lake, day: dt.date, cfg: DualRecConfig, scores, n_items: int | None,
-               active_next: np.ndarray | None, score_fn: ScoreFn | None) -> dict[str, Any]:
+               active_next: np.ndarray | None, score_fn: ScoreFn | None, edges: DayEdges | None = None) -> dict[str, Any]:
     """``activity.size_curve`` of day D (see the module doc); every key present, null where unknown.
 
-    ``scores``: ``activity_scores`` dt=D (pyarrow, or None); ``n_items``: D's uploads (None: absent)."""
+    ``scores``: ``activity_scores`` dt=D (pyarrow, or None); ``n_items``: D's uploads (None: absent);
+    ``edges``: :func:`day_edges` of D when the caller already read them (read here otherwise)."""
     a, d = cfg.activity, cfg.dispatch
     fr = [float(f) for f in cfg.metrics.size_curve_fractions]
     res: dict[str, Any] = {"policy": a.policy, "dispatch_policy": d.policy, "fractions": fr, "n_available": None,
@@ -155,7 +156,7 @@ def size_curve(lake: Lake, day: dt.date, cfg: DualRecConfig, scores, n_items: in
     res["n_value"] = A.value_sized_n(p, items, d.L, d.Q, min_p=a.value_min_p, min_available=a.min_available)
     _, model = A.value_curve(p, items, d.L, d.Q, min_p=a.value_min_p)
     grid = size_grid(int(av.sum()), int(users.size), fr, [res["n_top_n"], res["n_value"]])
-    edges = day_edges(lake, day) if n_items else None
+    edges = (edges if edges is not None else day_edges(lake, day)) if n_items else None
     res["points"] = curve_points(edges, ranked_users, grid, cfg, active_next, score_fn, paced_curve(lake, day, d), model)
     return res
 
