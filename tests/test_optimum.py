@@ -144,3 +144,15 @@ def test_bellman_ford_on_changed_nodes_equals_relaxing_every_arc(seed):
     d = O._bellman_ford(tail, head, cost, n)
     np.testing.assert_array_equal(d, _bellman_ford_every_arc(tail, head, cost, n))
     assert (d <= 0).all() and (d[head] <= d[tail] + cost).all()  # a feasible potential: no arc can improve
+
+
+def test_the_grid_cache_changes_no_figure():
+    """A grid too large to cache is scored again in each round: the same interval and assignment."""
+    rng = np.random.default_rng(11)
+    w = rng.random((30, 50)) ** 3
+    runs = [O.certified_optimum(O.DenseScorer(w), 4, 2, top_k=1, rounds=4, block_pairs=100, cache_pairs=c) for c in (0, 10**9)]
+    a, b = runs
+    assert a.rounds > 1  # the pricing rounds ran (and re-scored the grid in the uncached run)
+    assert (a.lower, a.upper, a.exact, a.rounds, a.edges) == (b.lower, b.upper, b.exact, b.rounds, b.edges)
+    for f in ("items", "users", "best_users"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))

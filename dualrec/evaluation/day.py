@@ -295,10 +295,12 @@ class OptimumParams:
     top_k: int | None = None
     rounds: int = 3
     tol: float = 1e-4
+    cache_pairs: int = 64_000_000
 
     @classmethod
     def from_config(cls, mc) -> "OptimumParams":
-        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_top_k, mc.optimum_rounds, mc.optimum_tolerance)
+        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_top_k, mc.optimum_rounds, mc.optimum_tolerance,
+                   mc.optimum_cache_pairs)
 
 
 def _optimum(grid_fn: GridFn, sample: np.ndarray, users: np.ndarray, L: int, Q: int, op: OptimumParams) -> O.OptimumResult:
@@ -306,7 +308,7 @@ def _optimum(grid_fn: GridFn, sample: np.ndarray, users: np.ndarray, L: int, Q: 
     scorer = grid_fn(sample, users)
     upper = scorer.user_upper() if sample.size * users.size > op.max_pairs else None
     return O.certified_optimum(scorer, L, Q, max_pairs=op.max_pairs, top_m=op.top_m, top_k=op.top_k, rounds=op.rounds, tol=op.tol,
-                               user_upper=upper)
+                               user_upper=upper, cache_pairs=op.cache_pairs)
 
 
 def optimum_figures(res: O.OptimumResult, ours: float | None, suffix: str = "") -> dict[str, Any]:
