@@ -543,25 +543,29 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
     inp = load_day(lake, day)
     share, _ = channel_shares(inp.match_t.column("channels")) if inp.match_t is not None else ({}, {})
     chans = list(dict.fromkeys([*channel_names(cfg), *share]))  # configured channels, then any in the data
-    # the day's ranked pairs, read once for the arrival baseline, the size curve and the no-store histogram
+    # the day's ranked pairs, read once for the arrival baseline, the size curve, the no-store histogram and
+    # the experiment's true figures
     edges = day_edges(lake, day) if inp.items is not None and inp.items.num_rows else None
     quality, retrieval = quality_section(lake, inp, cfg, chans, rng, horizon_days, edges)
     act = activity_section(inp, cfg)
     act["size_curve"] = size_curve(lake, day, cfg, inp.scores, None if inp.items is None else inp.items.num_rows,
                                    inp.visits_n, truth_scorer(lake, nxt) if quality["truth_available"] else None, edges)
+    disp = dispatch_section(lake, inp, cfg, chans, spark, edges=edges)
+    experiment = experiment_section(lake, inp, cfg, lambda i, c, r: arm_sections(lake, i, c, chans, r, horizon_days),
+                                    quality["truth_available"] and truth_scorer(lake, nxt) or None, edges)
+    del edges  # hundreds of MB at scale: not held through the ranking section's Spark work
     result = {
         "date": day.isoformat(),
         "eval_day": nxt.isoformat(),
         "inputs": inputs,
         "activity": act,
-        "dispatch": dispatch_section(lake, inp, cfg, chans, spark, edges=edges),
+        "dispatch": disp,
         "quality": quality,
         "index": index_recall(lake, day),
         "retrieval": retrieval,
         "ranking": ranking_section(spark_get, lake, day, cfg, inp.inter_n),
         "cost": cost_figures(lake, day),
-        "experiment": experiment_section(lake, inp, cfg, lambda i, c, r: arm_sections(lake, i, c, chans, r, horizon_days),
-                                         quality["truth_available"] and truth_scorer(lake, nxt) or None, edges),
+        "experiment": experiment,
     }
     return json.loads(json.dumps(result, default=_json_default))
 
