@@ -449,6 +449,11 @@ class MetricsConfig(_Section):
     optimum_top_m: int | None = Field(None, ge=1, description="users per item in the first flow of the optimum (default L)")
     optimum_top_k: int | None = Field(None, ge=1, description="items per user in the first flow of the optimum (default 4Q)")
     optimum_rounds: int = Field(3, ge=1, description="flow + pricing rounds of the optimum (column generation)")
+    optimum_cache_pairs: int = Field(
+        64_000_000, ge=0,
+        description="the optimum keeps its scored grid in memory (4 bytes a pair) when items x users is at most this; a "
+        "larger grid is scored again in every pricing round (same figures: the cache only saves time)",
+    )
     optimum_tolerance: float = Field(
         1e-4, gt=0, description="relative gap between the optimum's bounds under which it counts as exact (certified)"
     )

@@ -418,3 +418,26 @@ def test_creator_figures_and_feedback_figures():
     ff = FG.feedback_figures(np.array([1, 1, 2]), np.array([1, 2, 3]), np.array([0.6, 0.5, 0.2]))
     assert ff["expected_feedback"] == pytest.approx(1.3) and ff["feedback_per_pair"] == pytest.approx(1.3 / 3)
     assert ff["items_reaching_feedback"] == pytest.approx(1 / 3)  # item 1 only (1.1); item 3 got nobody
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_no_store_histogram_is_the_same_from_spark_numpy_and_the_edges_in_memory(lake, spark, L):
+    """evaluate passes the ranked pairs it already read; the histogram must not depend on the path
+    (at scale the old path was a Spark window)."""
+    from dualrec.evaluation.experiment import day_edges
+
+    want = M.no_store_hist(lake, DAY, L)  # NumPy on a fresh read
+    assert M.no_store_hist(lake, DAY, L, spark, spark_rows=0) == want  # the Spark window
+    assert M.no_store_hist(lake, DAY, L, edges=day_edges(lake, DAY)) == want
+    assert sum(i * c for i, c in enumerate(want)) == min(L, 4) + min(L, 3) + min(L, 1)  # pairs: each item's top L
+
+
+def test_arrival_baseline_from_the_edges_in_memory_equals_the_filtered_read(lake):
+    from dualrec.evaluation.experiment import day_edges
+
+    for sample in (np.array([100, 101, 102]), np.array([102, 100])):
+        avail = np.arange(1, 9, dtype=np.int64)
+        read = M._arrival_baseline(lake, DAY, sample, avail, 3, 2)
+        mem = M._arrival_baseline(lake, DAY, sample, avail, 3, 2, day_edges(lake, DAY))
+        assert len(read) > 0
+        pd.testing.assert_frame_equal(read.reset_index(drop=True), mem.reset_index(drop=True))

@@ -119,3 +119,40 @@ def test_factor_scorer_matches_the_truth(tiny_world):
     sub = sc.restrict(np.array([3, 1]))
     np.testing.assert_allclose(sub.block(np.arange(items.size)).double().numpy(), want[:, [3, 1]], rtol=1e-5)
     assert isinstance(day, dt.date)
+
+
+def _bellman_ford_every_arc(tail, head, cost, n):
+    """Reference: relax every arc in every round until nothing changes."""
+    d = np.zeros(n, dtype=np.int64)
+    while True:
+        new = d.copy()
+        np.minimum.at(new, head, d[tail] + cost)
+        if (new == d).all():
+            return d
+        d = new
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_bellman_ford_on_changed_nodes_equals_relaxing_every_arc(seed):
+    """Relaxing only the arcs out of nodes that changed reaches the same distances (graphs without
+    negative cycles: costs are reduced costs of random potentials plus a non-negative part)."""
+    rng = np.random.default_rng(300 + seed)
+    n, m = int(rng.integers(1, 60)), int(rng.integers(0, 400))
+    pot = rng.integers(-1000, 1000, n)
+    tail, head = rng.integers(0, n, m), rng.integers(0, n, m)
+    cost = pot[head] - pot[tail] + rng.integers(0, 30, m) * (rng.random(m) < 0.7)
+    d = O._bellman_ford(tail, head, cost, n)
+    np.testing.assert_array_equal(d, _bellman_ford_every_arc(tail, head, cost, n))
+    assert (d <= 0).all() and (d[head] <= d[tail] + cost).all()  # a feasible potential: no arc can improve
+
+
+def test_the_grid_cache_changes_no_figure():
+    """A grid too large to cache is scored again in each round: the same interval and assignment."""
+    rng = np.random.default_rng(11)
+    w = rng.random((30, 50)) ** 3
+    runs = [O.certified_optimum(O.DenseScorer(w), 4, 2, top_k=1, rounds=4, block_pairs=100, cache_pairs=c) for c in (0, 10**9)]
+    a, b = runs
+    assert a.rounds > 1  # the pricing rounds ran (and re-scored the grid in the uncached run)
+    assert (a.lower, a.upper, a.exact, a.rounds, a.edges) == (b.lower, b.upper, b.exact, b.rounds, b.edges)
+    for f in ("items", "users", "best_users"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))

@@ -145,3 +145,67 @@ def test_size_curve_in_evaluate_json(spark, tmp_path):
         assert p["expected_feedback"] is None  # no _truth
     assert sc["points"][-1]["model_value"] is not None
     assert M.unflatten(M.flatten(m))["activity"]["size_curve"]["points"][0]["n"] == 1  # survives the metrics table
+
+
+def _curve_points_by_isin(edges, ranked_users, grid, cfg, score_fn):
+    """The curve as it was computed before the edges were pre-sorted: np.isin per point, edges in their order."""
+    from dualrec.dispatch import PolicyParams, dispatch_day_arrays
+
+    d = cfg.dispatch
+    out = []
+    for n in grid:
+        top = np.sort(ranked_users[:n])
+        keep = np.isin(edges.user_id, top)
+        mask, _ = dispatch_day_arrays(edges.batch[keep], edges.item_id[keep], edges.user_id[keep], edges.g[keep],
+                                      edges.item_rank[keep], top, d.L, d.Q, d.policy, batches_per_day=d.batches_per_day,
+                                      n_items=edges.items.size, params=PolicyParams.from_config(d), p_active=edges.p_active[keep])
+        it, us = edges.item_id[keep][mask], edges.user_id[keep][mask]
+        out.append((it.tolist(), us.tolist(), float(score_fn(us, it).sum())))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["arrival", "matching", "paced", "optimal"])
+def test_curve_points_equal_the_per_point_isin_rerun_in_any_edge_order(policy):
+    """Pre-sorting the day's edges and selecting a point's users by position changes nothing: the
+    same pairs, in the same order, hence the same sums, for every policy and a shuffled edge table."""
+    import dataclasses
+
+    from dualrec.evaluation.sizing import curve_points
+
+    rng = np.random.default_rng(5)
+    n_items, n_users = 9, 30
+    e = _edges(rng, n_items, n_users)
+    keep = rng.random(e.item_id.size) < 0.6  # sparse candidates
+    shuffle = rng.permutation(int(keep.sum()))
+    e = dataclasses.replace(e, batch=(e.item_rank[keep] * 3 // n_items)[shuffle], item_id=e.item_id[keep][shuffle],
+                            user_id=e.user_id[keep][shuffle], g=e.g[keep][shuffle], item_rank=e.item_rank[keep][shuffle],
+                            p_active=rng.random(int(keep.sum())))
+    cfg = (DualRecConfig().with_override("dispatch.L", 4).with_override("dispatch.Q", 2)
+           .with_override("dispatch.policy", policy).with_override("dispatch.batches_per_day", 3))
+    ranked = rng.permutation(np.arange(n_users, dtype=np.int64) + 1)
+    grid = [3, 10, 17, 30]
+    score = lambda u, i: (u * 7 + i) % 11 / 10.0  # noqa: E731
+    want = _curve_points_by_isin(e, ranked, grid, cfg, score)
+    got = curve_points(e, ranked, grid, cfg, active_next=None, score_fn=score)
+    for (it, us, total), p in zip(want, got):
+        assert p["pairs"] == len(it) and p["users_matched"] == len(set(us))
+        assert p["expected_feedback"] == total  # exactly: the same pairs in the same order
+
+
+def test_sorted_codes_and_canonical_order_equal_unique_and_lexsort():
+    from dualrec.dispatch.kernels import canonical_order, sorted_codes
+
+    rng = np.random.default_rng(9)
+    for n in (0, 1, 50, 3000):
+        items = rng.integers(0, 40, n) * 13 - 7
+        users = rng.integers(0, 300, n) * 101 + 5
+        rank = rng.integers(-3, 25, n)
+        ui, ii = sorted_codes(items)
+        uu, iu = sorted_codes(users)
+        u_ref, inv_ref = np.unique(items, return_inverse=True)
+        np.testing.assert_array_equal(ui, u_ref)
+        np.testing.assert_array_equal(ii, inv_ref)
+        np.testing.assert_array_equal(canonical_order(rank, ii, ui.size, iu, uu.size), np.lexsort((users, items, rank)))
+    big = np.array([0, 2**40, 5], dtype=np.int64)  # a combined key that would overflow: the lexsort path
+    iu = np.array([2, 0, 1])
+    np.testing.assert_array_equal(canonical_order(big, np.zeros(3, np.int64), 1, iu, 2**30), np.lexsort((iu, np.zeros(3), big)))

@@ -71,10 +71,32 @@ def capacity_per_edge(user_ids: np.ndarray, capacity_by_user: Any) -> np.ndarray
     return cap
 
 
+def sorted_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, each key's index among them): ``np.unique(keys, return_inverse=True)``
+    by hashing instead of sorting every key (several times faster on a day's edges)."""
+    codes, uniq = pd.factorize(np.asarray(keys), sort=True)
+    return np.asarray(uniq), codes.astype(np.int64, copy=False)
+
+
+def canonical_order(item_rank: np.ndarray, iidx: np.ndarray, n_items: int, uidx: np.ndarray, n_users: int) -> np.ndarray:
+    """``np.lexsort((user_ids, item_ids, item_rank))`` (upload order, then item, then user; stable) from
+    order-preserving item and user codes: one stable argsort of a combined key when it fits in int64
+    (near-linear when the edges already come in this order), the lexsort otherwise."""
+    if not len(iidx):
+        return np.zeros(0, dtype=np.int64)
+    r = np.asarray(item_rank, dtype=np.int64)
+    lo = int(r.min())
+    span = (int(r.max()) - lo + 1) * max(n_items, 1) * max(n_users, 1)
+    if span >= 2**62:
+        return np.lexsort((uidx, iidx, r))
+    key = ((r - lo) * max(n_items, 1) + iidx) * max(n_users, 1) + uidx
+    return np.argsort(key, kind="stable")
+
+
 def _check_constant_per_group(keys: np.ndarray, values: np.ndarray, message: str) -> None:
     if len(keys) == 0:
         return
-    _, inv = np.unique(keys, return_inverse=True)
+    _, inv = sorted_codes(keys)
     lo = np.full(inv.max() + 1, np.iinfo(np.int64).max)
     hi = np.full(inv.max() + 1, np.iinfo(np.int64).min)
     np.minimum.at(lo, inv, values)
@@ -268,12 +290,12 @@ def assign_arrays(
     cap_edge = capacity_per_edge(user_ids, capacity_by_user)
     if len(g) == 0 or not cap_i.any():
         return np.zeros(len(g), dtype=bool)
-    uniq_u, uidx = np.unique(user_ids, return_inverse=True)
+    uniq_u, uidx = sorted_codes(user_ids)
     cap_u = np.zeros(len(uniq_u), dtype=np.int64)
     cap_u[uidx] = np.maximum(cap_edge, 0)
     if policy == "arrival":
         return arrival_kernel(item_rank, item_ids, uidx, user_ids, g, cap_u, cap_i)
-    uniq_i, iidx = np.unique(item_ids, return_inverse=True)
+    uniq_i, iidx = sorted_codes(item_ids)
     cap_items = np.zeros(len(uniq_i), dtype=np.int64)
     cap_items[iidx] = cap_i
     if policy == "matching":
@@ -285,7 +307,7 @@ def assign_arrays(
         fl_e = np.broadcast_to(np.asarray(floor, dtype=np.int64), item_ids.shape)
         fl = np.zeros(len(uniq_i), dtype=np.int64)
         fl[iidx] = fl_e
-    order = np.lexsort((user_ids, item_ids, item_rank))  # canonical arc order: reruns give the same optimum
+    order = canonical_order(item_rank, iidx, len(uniq_i), uidx, len(uniq_u))  # canonical arc order: reruns give the same optimum
     mask = np.zeros(len(g), dtype=bool)
     mask[order] = flow_kernel(
         iidx[order], len(uniq_i), uidx[order], g[order], cap_u, cap_items, fl, floor_bonus, cover_bonus, floor_tiers

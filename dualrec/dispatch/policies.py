@@ -186,9 +186,13 @@ def dispatch_day_arrays(
         floor = optimal_floor(n_items, len(users), L, Q, params)
         m = assign_optimal(item_ids[sel], user_ids[sel], g[sel], item_rank[sel], Q, L, floor, params)
         mask[sel[m]] = True
+        chosen = sel[m]
+        cb, cp = batch[chosen], pos[chosen]
+        inb = (cb >= 0) & (cb < nb)
+        per_batch = np.bincount(cb[inb] * len(users) + cp[inb], minlength=nb * len(users)).reshape(nb, len(users))
+        after = np.cumsum(per_batch, axis=0)  # |D_u| after each batch, all batches at once
         for b in range(nb):
-            matched += np.bincount(pos[sel[m & (batch[sel] == b)]], minlength=len(users))
-            states[b] = matched.copy()
+            states[b] = after[b]
         return mask, states
     items_per_batch = np.zeros(nb, dtype=np.int64)
     if item_ids.size:  # every item of a batch counts, even one whose users are all unavailable

@@ -42,7 +42,7 @@ from dualrec.channels.base import channel_names
 from dualrec.config import EXPLICIT_FEEDBACKS, DualRecConfig, step_seed
 from dualrec.evaluation import baselines as B
 from dualrec.evaluation import optimum as O
-from dualrec.evaluation.experiment import experiment_section
+from dualrec.evaluation.experiment import DayEdges, day_edges, experiment_section
 from dualrec.evaluation.sizing import size_curve
 from dualrec.evaluation.figures import (
     PAPER_CHANNEL_SHARE,
@@ -223,13 +223,18 @@ def activity_section(inp: DayInputs, cfg: DualRecConfig) -> dict[str, Any]:
     return out
 
 
-def no_store_hist(lake: Lake, day: dt.date, L: int, spark=None) -> list[int] | None:
-    """|D_u| histogram if each item took its top-L ranked users with no store (paper Figure 9);
-    a Spark window when the table is large and a session is given."""
+def no_store_hist(lake: Lake, day: dt.date, L: int, spark=None, edges: DayEdges | None = None,
+                  spark_rows: int = 5_000_000) -> list[int] | None:
+    """|D_u| histogram if each item took its top-L ranked users with no store (paper Figure 9).
+
+    ``edges``: the day's ``ranked`` pairs already in memory (:func:`day_edges`): counted here, with no
+    read; otherwise a Spark window when the table is large and a session is given, else NumPy."""
+    if edges is not None:
+        return du_histogram(du_counts(edges.user_id[B.dispatch_without_store(edges.item_id, edges.user_id, edges.g, L)]))
     n = _rows(lake, "ranked", day)
     if n is None:
         return None
-    if spark is not None and n > 5_000_000:
+    if spark is not None and n > spark_rows:
         df = lake.read_df(spark, "ranked", [day], with_dt=False).select("item_id", "user_id", "g")
         w = Window.partitionBy("item_id").orderBy(F.col("g").desc(), F.col("user_id"))
         per_user = df.withColumn("r", F.row_number().over(w)).where(F.col("r") <= L).groupBy("user_id").count()
@@ -244,7 +249,7 @@ def no_store_hist(lake: Lake, day: dt.date, L: int, spark=None) -> list[int] | N
 
 
 def dispatch_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], spark=None,
-                     no_store: bool = True) -> dict[str, Any]:
+                     no_store: bool = True, edges: DayEdges | None = None) -> dict[str, Any]:
     L, Q = cfg.dispatch.L, cfg.dispatch.Q
     ordered, hours = _upload_order(inp.items) if inp.items is not None else (None, None)
     out = dispatch_figures(inp.match, ordered, inp.available, L, Q, hours)
@@ -259,20 +264,25 @@ def dispatch_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list
     out["paper_channel_share"] = dict(PAPER_CHANNEL_SHARE)
     out["batches"] = int(pc.count_distinct(inp.match_t.column("batch")).as_py()) if has else None
     out["policy"] = cfg.dispatch.policy
-    out["du_hist_no_store"] = no_store_hist(lake, inp.day, L, spark) if no_store else None
+    out["du_hist_no_store"] = no_store_hist(lake, inp.day, L, spark, edges) if no_store else None
     out["max_du_no_store"] = len(out["du_hist_no_store"]) - 1 if out["du_hist_no_store"] else None
     return out
 
 
-def _arrival_baseline(lake: Lake, day: dt.date, sample: np.ndarray, available: np.ndarray, L: int, Q: int) -> pd.DataFrame | None:
-    """Algorithm 1 on our ranked scores over the sampled items (None without ``ranked``)."""
-    r = _read(lake, "ranked", day, ["item_id", "user_id", "g", "batch"], pads.field("item_id").isin(pa.array(sample)))
-    if r is None:
-        return None
-    items = r.column("item_id").to_numpy()
-    users = r.column("user_id").to_numpy()
+def _arrival_baseline(lake: Lake, day: dt.date, sample: np.ndarray, available: np.ndarray, L: int, Q: int,
+                      edges: DayEdges | None = None) -> pd.DataFrame | None:
+    """Algorithm 1 on our ranked scores over the sampled items (None without ``ranked``); ``edges``:
+    the day's ranked pairs already in memory (the same rows in the same order as a filtered read)."""
+    if edges is not None:
+        sel = np.isin(edges.item_id, sample)
+        batch, items, users, g = edges.batch[sel], edges.item_id[sel], edges.user_id[sel], edges.g[sel]
+    else:
+        r = _read(lake, "ranked", day, ["item_id", "user_id", "g", "batch"], pads.field("item_id").isin(pa.array(sample)))
+        if r is None:
+            return None
+        batch, items, users, g = (r.column(c).to_numpy() for c in ("batch", "item_id", "user_id", "g"))
     rank = pd.Series(np.arange(sample.size), index=sample).reindex(items).to_numpy().astype(np.int64)
-    mask = B.arrival_assign(r.column("batch").to_numpy(), items, users, r.column("g").to_numpy(), rank, available, L, Q)
+    mask = B.arrival_assign(batch, items, users, g, rank, available, L, Q)
     return pd.DataFrame({"item_id": items[mask], "user_id": users[mask]})
 
 
@@ -285,10 +295,12 @@ class OptimumParams:
     top_k: int | None = None
     rounds: int = 3
     tol: float = 1e-4
+    cache_pairs: int = 64_000_000
 
     @classmethod
     def from_config(cls, mc) -> "OptimumParams":
-        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_top_k, mc.optimum_rounds, mc.optimum_tolerance)
+        return cls(mc.optimum_max_pairs, mc.optimum_top_m, mc.optimum_top_k, mc.optimum_rounds, mc.optimum_tolerance,
+                   mc.optimum_cache_pairs)
 
 
 def _optimum(grid_fn: GridFn, sample: np.ndarray, users: np.ndarray, L: int, Q: int, op: OptimumParams) -> O.OptimumResult:
@@ -296,7 +308,7 @@ def _optimum(grid_fn: GridFn, sample: np.ndarray, users: np.ndarray, L: int, Q: 
     scorer = grid_fn(sample, users)
     upper = scorer.user_upper() if sample.size * users.size > op.max_pairs else None
     return O.certified_optimum(scorer, L, Q, max_pairs=op.max_pairs, top_m=op.top_m, top_k=op.top_k, rounds=op.rounds, tol=op.tol,
-                               user_upper=upper)
+                               user_upper=upper, cache_pairs=op.cache_pairs)
 
 
 def optimum_figures(res: O.OptimumResult, ours: float | None, suffix: str = "") -> dict[str, Any]:
@@ -414,8 +426,9 @@ def horizon_interactions(lake: Lake, inp: DayInputs, horizon_days: int) -> pa.Ta
 
 
 def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[str], rng,
-                    horizon_days: int = 1) -> tuple[dict, dict]:
-    """Read what :func:`quality_figures` needs (item sample, ranked, candidates, truth, D+1..D+H positives)."""
+                    horizon_days: int = 1, edges: DayEdges | None = None) -> tuple[dict, dict]:
+    """Read what :func:`quality_figures` needs (item sample, ranked, candidates, truth, D+1..D+H positives);
+    ``edges``: the day's ranked pairs when already read (:func:`day_edges`)."""
     L, Q, mc = cfg.dispatch.L, cfg.dispatch.Q, cfg.metrics
     sample = np.zeros(0, np.int64)
     if inp.items is not None and inp.items.num_rows:
@@ -424,7 +437,7 @@ def quality_section(lake: Lake, inp: DayInputs, cfg: DualRecConfig, chans: list[
             sample = sample[np.sort(rng.choice(sample.size, size=mc.max_items, replace=False))]
     available = inp.available if inp.available is not None else np.zeros(0, np.int64)
     popularity = inp.scores.column("p_active").to_numpy()[inp.available_mask] if inp.scores is not None else np.zeros(0)
-    arrival = _arrival_baseline(lake, inp.day, sample, available, L, Q) if sample.size and available.size else None
+    arrival = _arrival_baseline(lake, inp.day, sample, available, L, Q, edges) if sample.size and available.size else None
     cand = None
     if lake.has_partition("candidates", inp.day) and sample.size:
         ct = _read(lake, "candidates", inp.day, ["item_id", "user_id", "channels"], pads.field("item_id").isin(pa.array(sample)))
@@ -530,23 +543,29 @@ def evaluate(lake_root_or_Lake: str | Lake, day: dt.date | str, cfg: DualRecConf
     inp = load_day(lake, day)
     share, _ = channel_shares(inp.match_t.column("channels")) if inp.match_t is not None else ({}, {})
     chans = list(dict.fromkeys([*channel_names(cfg), *share]))  # configured channels, then any in the data
-    quality, retrieval = quality_section(lake, inp, cfg, chans, rng, horizon_days)
+    # the day's ranked pairs, read once for the arrival baseline, the size curve, the no-store histogram and
+    # the experiment's true figures
+    edges = day_edges(lake, day) if inp.items is not None and inp.items.num_rows else None
+    quality, retrieval = quality_section(lake, inp, cfg, chans, rng, horizon_days, edges)
     act = activity_section(inp, cfg)
     act["size_curve"] = size_curve(lake, day, cfg, inp.scores, None if inp.items is None else inp.items.num_rows,
-                                   inp.visits_n, truth_scorer(lake, nxt) if quality["truth_available"] else None)
+                                   inp.visits_n, truth_scorer(lake, nxt) if quality["truth_available"] else None, edges)
+    disp = dispatch_section(lake, inp, cfg, chans, spark, edges=edges)
+    experiment = experiment_section(lake, inp, cfg, lambda i, c, r: arm_sections(lake, i, c, chans, r, horizon_days),
+                                    quality["truth_available"] and truth_scorer(lake, nxt) or None, edges)
+    del edges  # hundreds of MB at scale: not held through the ranking section's Spark work
     result = {
         "date": day.isoformat(),
         "eval_day": nxt.isoformat(),
         "inputs": inputs,
         "activity": act,
-        "dispatch": dispatch_section(lake, inp, cfg, chans, spark),
+        "dispatch": disp,
         "quality": quality,
         "index": index_recall(lake, day),
         "retrieval": retrieval,
         "ranking": ranking_section(spark_get, lake, day, cfg, inp.inter_n),
         "cost": cost_figures(lake, day),
-        "experiment": experiment_section(lake, inp, cfg, lambda i, c, r: arm_sections(lake, i, c, chans, r, horizon_days),
-                                         quality["truth_available"] and truth_scorer(lake, nxt) or None),
+        "experiment": experiment,
     }
     return json.loads(json.dumps(result, default=_json_default))
 

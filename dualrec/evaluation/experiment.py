@@ -194,7 +194,7 @@ def _isin(t: pa.Table, col: str, ids: np.ndarray) -> pa.Table:
 
 def experiment_section(lake: Lake, inp: Any, cfg: DualRecConfig,
                        arm_figures: Callable[[Any, DualRecConfig, np.random.Generator], dict[str, Any]],
-                       score_fn: ScoreFn | None) -> dict[str, Any] | None:
+                       score_fn: ScoreFn | None, edges: DayEdges | None = None) -> dict[str, Any] | None:
     """The ``experiment`` object of ``evaluate`` for a day dispatched as an experiment; None for a plain day.
 
     ``inp``: the day's :class:`dualrec.evaluation.day.DayInputs`; ``arm_figures(inp_arm, cfg_arm,
@@ -247,7 +247,7 @@ def experiment_section(lake: Lake, inp: Any, cfg: DualRecConfig,
             "creator_figures": figure_values(sums[name]), **figs,
         }
     control = exp.control
-    edges = day_edges(lake, day) if score_fn is not None else None
+    edges = (edges if edges is not None else day_edges(lake, day)) if score_fn is not None else None
     true = {}
     if edges is not None:
         for name in arms:

@@ -248,18 +248,32 @@ def _flow(iidx: np.ndarray, uidx: np.ndarray, cost: np.ndarray, n_items: int, n_
 def _bellman_ford(tail: np.ndarray, head: np.ndarray, cost: np.ndarray, n_nodes: int, max_rounds: int = 100_000) -> np.ndarray:
     """Shortest distances from a virtual root joined to every node at cost 0 (so d <= 0), by
     vectorised Bellman-Ford rounds. The residual graph of an optimal flow has no negative cycle, so
-    it terminates; any d it stops at still yields valid (if looser) prices."""
-    order = np.argsort(head, kind="stable")
+    it terminates; any d it stops at still yields valid (if looser) prices.
+
+    Each round relaxes only the arcs out of the nodes whose distance fell in the round before (an
+    arc out of an unchanged node cannot improve its head again), so late rounds touch a few arcs,
+    not all of them. The distances are the unique shortest-path fixpoint: the same as relaxing
+    every arc in every round."""
+    order = np.argsort(tail, kind="stable")
     tail, head, cost = tail[order], head[order], cost[order]
-    uh, starts = np.unique(head, return_index=True)
+    start = np.searchsorted(tail, np.arange(n_nodes + 1))
+    deg = np.diff(start)
     d = np.zeros(n_nodes, dtype=np.int64)
+    arcs = np.arange(len(tail))  # round 1: every node's distance is new (0 from the root)
     for r in range(max_rounds):
-        m = np.minimum.reduceat(d[tail] + cost, starts) if len(tail) else np.zeros(0, np.int64)
-        better = m < d[uh]
-        if not better.any():
+        if not len(arcs):
             log.debug("bellman-ford: %d rounds", r)
             return d
-        d[uh[better]] = m[better]
+        cand = d[tail[arcs]] + cost[arcs]
+        h = head[arcs]
+        old = d.copy()
+        np.minimum.at(d, h, cand)
+        changed = np.flatnonzero(d < old)
+        counts = deg[changed]
+        total = int(counts.sum())
+        # the arcs of the changed nodes: ranges [start, start + deg) concatenated
+        offs = np.repeat(start[changed] - np.cumsum(counts) + counts, counts)
+        arcs = offs + np.arange(total)
     log.warning("bellman-ford did not converge in %d rounds; prices are approximate (the bound stays valid)", max_rounds)
     return d
 
@@ -371,7 +385,7 @@ def _certified_optimum(scorer, L, Q, max_pairs, top_m, top_k, rounds, tol, block
                              time.perf_counter() - t0, time.process_time() - c0, core[np.concatenate(best)])
     for r in range(1, rounds + 1):
         scale = _COST_UNITS / max(w_hi, 1e-300)
-        order = np.lexsort((eu, ei))  # canonical arc order: reruns give the same flow
+        order = np.argsort(ei * n_c + eu, kind="stable")  # canonical arc order (by item, then user): reruns give the same flow
         ei, eu, ev = ei[order], eu[order], ev[order]
         chosen, d = _flow(ei, eu, np.rint(ev * scale).astype(np.int64), n_i, n_c, L, Q)
         items, users = ei[chosen], eu[chosen]
@@ -395,7 +409,7 @@ def _certified_optimum(scorer, L, Q, max_pairs, top_m, top_k, rounds, tol, block
         if upper - lower <= tol * (upper + slack):
             break  # the scored part is certified (more rounds cannot shrink the screened users' slack)
         ni, nu, nv = np.concatenate(new_i), np.concatenate(new_u), np.concatenate(new_v).astype(np.float64)
-        known = np.sort(ei * n_c + eu)
+        known = ei * n_c + eu  # sorted: E is in canonical order since the flow
         nk = ni * n_c + nu
         have = known[np.minimum(np.searchsorted(known, nk), len(known) - 1)] == nk
         if have.all():

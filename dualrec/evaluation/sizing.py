@@ -23,6 +23,7 @@ carries ``model_value``: the sizing model's V(N) (:func:`dualrec.activity.value_
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ import pandas as pd
 from dualrec import activity as A
 from dualrec.config import DualRecConfig
 from dualrec.dispatch import PolicyParams, dispatch_day_arrays, paced_curve
+from dualrec.dispatch.kernels import canonical_order, sorted_codes
 from dualrec.evaluation.baselines import ScoreFn, score_pairs
 from dualrec.evaluation.experiment import DayEdges, day_edges
 from dualrec.evaluation.figures import creator_figures, jf
@@ -51,6 +53,38 @@ def size_grid(n_available: int, n_users: int, fractions: Sequence[float], extra:
     return sorted(n for n in ns if 1 <= n <= n_users) if n_users else []
 
 
+class _CurveEdges:
+    """The day's edges sorted once in the order the dispatch kernels sort them (upload order, item,
+    user) with each edge's user position in the activity policy's order: a point's edges are then a
+    mask (no set lookup) and come pre-sorted (the kernels' sort is near-linear). The kernels sort
+    their input themselves, so the assignment is the same as from the unsorted edges."""
+
+    def __init__(self, edges: DayEdges, ranked_users: np.ndarray):
+        items, iidx = sorted_codes(edges.item_id)
+        users, uidx = sorted_codes(edges.user_id)
+        self.perm = canonical_order(edges.item_rank, iidx, items.size, uidx, users.size)
+        p = self.perm
+        self.sorted = dataclasses.replace(edges, batch=edges.batch[p], item_id=edges.item_id[p], user_id=edges.user_id[p],
+                                          g=edges.g[p], item_rank=edges.item_rank[p], p_active=edges.p_active[p])
+        order = np.argsort(ranked_users, kind="stable")
+        su = ranked_users[order]
+        at = np.minimum(np.searchsorted(su, self.sorted.user_id), max(su.size - 1, 0))
+        found = su[at] == self.sorted.user_id if su.size else np.zeros(p.size, dtype=bool)
+        self.user_pos = np.where(found, order[at] if su.size else 0, np.iinfo(np.int64).max)  # position in ranked_users
+
+    def keep(self, n: int) -> np.ndarray:
+        """Edges (sorted order) of the first n ranked users: ``np.isin(user_id, ranked_users[:n])``."""
+        return self.user_pos < n
+
+    def selected(self, keep: np.ndarray, mask_kept: np.ndarray) -> np.ndarray:
+        """A mask over the kept sorted edges -> a mask over the original edges."""
+        full = np.zeros(self.perm.size, dtype=bool)
+        full[np.flatnonzero(keep)[mask_kept]] = True
+        out = np.zeros(self.perm.size, dtype=bool)
+        out[self.perm] = full
+        return out
+
+
 def curve_points(edges: DayEdges | None, ranked_users: np.ndarray, grid: Sequence[int], cfg: DualRecConfig,
                  active_next: np.ndarray | None, score_fn: ScoreFn | None, curve: np.ndarray | None = None,
                  model: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -64,6 +98,7 @@ def curve_points(edges: DayEdges | None, ranked_users: np.ndarray, grid: Sequenc
     d = cfg.dispatch
     params = PolicyParams.from_config(d)
     out = []
+    prep = _CurveEdges(edges, ranked_users) if edges is not None else None
     for n in grid:
         pt: dict[str, Any] = {k: None for k in POINT_KEYS}
         pt["n"] = int(n)
@@ -74,13 +109,15 @@ def curve_points(edges: DayEdges | None, ranked_users: np.ndarray, grid: Sequenc
         if not pt["computable"]:
             continue
         top = np.sort(ranked_users[:n])
-        keep = np.isin(edges.user_id, top)
-        mask, _ = dispatch_day_arrays(
-            edges.batch[keep], edges.item_id[keep], edges.user_id[keep], edges.g[keep], edges.item_rank[keep], top,
+        keep = prep.keep(n)  # edges of the first n users, in the dispatch kernels' canonical order
+        e = prep.sorted
+        mask_s, _ = dispatch_day_arrays(
+            e.batch[keep], e.item_id[keep], e.user_id[keep], e.g[keep], e.item_rank[keep], top,
             d.L, d.Q, d.policy, batches_per_day=d.batches_per_day, curve=curve, n_items=edges.items.size,
-            params=params, p_active=edges.p_active[keep],
+            params=params, p_active=e.p_active[keep],
         )
-        it, us = edges.item_id[keep][mask], edges.user_id[keep][mask]
+        mask = prep.selected(keep, mask_s)  # back in the order of ``edges``
+        it, us = edges.item_id[mask], edges.user_id[mask]
         per_item = pd.Series(it).value_counts().reindex(edges.items, fill_value=0).to_numpy()
         cf = creator_figures(per_item, int(n), d.L, d.Q)
         matched = np.unique(us)
@@ -96,10 +133,11 @@ def curve_points(edges: DayEdges | None, ranked_users: np.ndarray, grid: Sequenc
 
 
 def size_curve(lake: Lake, day: dt.date, cfg: DualRecConfig, scores, n_items: int | None,
-               active_next: np.ndarray | None, score_fn: ScoreFn | None) -> dict[str, Any]:
+               active_next: np.ndarray | None, score_fn: ScoreFn | None, edges: DayEdges | None = None) -> dict[str, Any]:
     """``activity.size_curve`` of day D (see the module doc); every key present, null where unknown.
 
-    ``scores``: ``activity_scores`` dt=D (pyarrow, or None); ``n_items``: D's uploads (None: absent)."""
+    ``scores``: ``activity_scores`` dt=D (pyarrow, or None); ``n_items``: D's uploads (None: absent);
+    ``edges``: :func:`day_edges` of D when the caller already read them (read here otherwise)."""
     a, d = cfg.activity, cfg.dispatch
     fr = [float(f) for f in cfg.metrics.size_curve_fractions]
     res: dict[str, Any] = {"policy": a.policy, "dispatch_policy": d.policy, "fractions": fr, "n_available": None,
@@ -118,7 +156,7 @@ def size_curve(lake: Lake, day: dt.date, cfg: DualRecConfig, scores, n_items: in
     res["n_value"] = A.value_sized_n(p, items, d.L, d.Q, min_p=a.value_min_p, min_available=a.min_available)
     _, model = A.value_curve(p, items, d.L, d.Q, min_p=a.value_min_p)
     grid = size_grid(int(av.sum()), int(users.size), fr, [res["n_top_n"], res["n_value"]])
-    edges = day_edges(lake, day) if n_items else None
+    edges = (edges if edges is not None else day_edges(lake, day)) if n_items else None
     res["points"] = curve_points(edges, ranked_users, grid, cfg, active_next, score_fn, paced_curve(lake, day, d), model)
     return res
 
