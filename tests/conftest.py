@@ -1,8 +1,10 @@
-"""Shared fixtures: one session-scoped SparkSession (local[2], few partitions, UI off)."""
+"""Shared fixtures: one session-scoped SparkSession (local[2], few partitions, UI off), the tiny
+synthetic world, and that world with one whole day run through every stage (built once per session)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -33,3 +35,27 @@ def tiny_world(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("tiny_world")
     generate(str(root), preset="tiny", start="2026-01-01", days=14, seed=7)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def route_config_path(tmp_path_factory) -> str:
+    """``services.ROUTE_CONFIG`` as a YAML file (the small knobs of the route tests)."""
+    from services import ROUTE_CONFIG
+
+    path = tmp_path_factory.mktemp("route_cfg") / "route.yaml"
+    path.write_text(ROUTE_CONFIG)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_day(tiny_world, route_config_path, spark, tmp_path_factory) -> str:
+    """A copy of ``tiny_world`` with every stage of ``services.ROUTE_DAY`` run in local mode
+    (``dualrec run --config route.yaml``), once per session for the tests that need a whole day
+    (the cluster comparison, the end-to-end checks). Read-only: a test that writes copies it first."""
+    from jobs.cli import main
+    from services import ROUTE_DAY
+
+    root = str(tmp_path_factory.mktemp("tiny_day") / "lake")
+    shutil.copytree(tiny_world, root)
+    assert main(["run", "--lake", root, "--date", ROUTE_DAY, "--config", route_config_path]) == 0
+    return root
