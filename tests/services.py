@@ -19,6 +19,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("dualrec", "jobs", "models", "schemas")
 
+# The day every route test runs (tiny_world has 2026-01-01 .. 2026-01-14) and its config: small
+# knobs, since these tests are about the route (local mode, cluster, scheduler, CLI), not model
+# quality. The session fixture ``tiny_day`` (conftest.py) runs this day once in local mode.
+ROUTE_DAY = "2026-01-10"
+ROUTE_CONFIG = (
+    "spark: {shuffle_partitions: 2}\n"
+    "activity: {n_estimators: 20, train_target_days: 2, lookback_days: 7, early_stopping_rounds: 5}\n"
+    "two_tower: {epochs: 1, train_window_days: 7, recall_queries: 50, torch_threads: 1}\n"
+    "retrieval: {k: {two_tower: 200, i2i2u: 100, i2u2u: 100}}\n"
+    "rank: {epochs: 1, train_window_days: 2, user_window_days: 3, item_history_days: 2, max_train_rows: 20000,"
+    " torch_threads: 1}\n"
+    "dispatch: {L: 50, batches_per_day: 4}\n"
+    "metrics: {max_items: 100}\n"
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:

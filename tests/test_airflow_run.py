@@ -20,7 +20,7 @@ import pytest
 
 from dualrec.registry import STAGES
 from dualrec.lake import Lake
-from services import REPO, Daemon, free_port, http_json, wait_for
+from services import REPO, ROUTE_CONFIG, ROUTE_DAY, Daemon, free_port, http_json, wait_for
 
 # ~4-5 min on a quiet 2-core machine (19.5 min at load average 16); the timeout leaves room for a crowded one
 pytestmark = [
@@ -28,17 +28,9 @@ pytestmark = [
     pytest.mark.timeout(3600),
 ]
 
-DAY = dt.date(2026, 1, 10)
-# inline YAML through the DAG's single `config` param; small knobs, the route is what is tested
-CONFIG = (
-    "activity: {n_estimators: 20, train_target_days: 2, lookback_days: 7, early_stopping_rounds: 5}\n"
-    "two_tower: {epochs: 1, train_window_days: 7, recall_queries: 50, torch_threads: 1}\n"
-    "retrieval: {k: {two_tower: 200, i2i2u: 100, i2u2u: 100}}\n"
-    "rank: {epochs: 1, train_window_days: 2, max_train_rows: 20000, torch_threads: 1}\n"
-    "dispatch: {L: 50, batches_per_day: 4}\n"
-    "metrics: {max_items: 100}\n"
-    "spark: {shuffle_partitions: 2}\n"
-)
+DAY = dt.date.fromisoformat(ROUTE_DAY)
+# inline YAML through the DAG's single `config` param: the small knobs of every route test
+CONFIG = ROUTE_CONFIG
 RUN_TIMEOUT = 3000
 
 

@@ -178,11 +178,11 @@ def test_partial_run_does_not_mark_an_unrun_day_complete(tiny_world):
 
 
 @pytest.mark.slow
-def test_demo_runs_from_the_cli(tmp_path, capsys):
-    """The README's first command: a world, two days, a report (a cut-down demo: 2 stages' worth of days)."""
+def test_demo_runs_from_the_cli(tmp_path, capsys, route_config_path):
+    """The README's first command: a world, a day, a report (a cut-down demo: six days synthesised, one
+    run, with the route tests' small knobs from --config)."""
     lake = tmp_path / "demo"
-    rc = cli.main(["demo", "--lake", str(lake), "--days", "6", "--run-days", "1", "--set", "two_tower.epochs=1",
-                   "--set", "rank.epochs=1"])
+    rc = cli.main(["demo", "--lake", str(lake), "--days", "6", "--run-days", "1", "--config", route_config_path])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "report:" in out and (lake / "_reports").exists()

@@ -23,36 +23,18 @@ from pathlib import Path
 import pytest
 
 from dualrec.registry import STAGES, stage_spec
-from jobs.cli import main as cli_main
-from services import Daemon, build_wheel, free_port, http_json, wait_for
+from services import ROUTE_DAY, Daemon, build_wheel, free_port, http_json, wait_for
 
 # ~3-4 min on a quiet 2-core machine (37 min at load average 25); the timeout leaves room for a crowded one
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-DAY = dt.date(2026, 1, 10)
-# small knobs: this test is about the route (cluster, shipping, equality), not model quality
-CONFIG = """
-spark: {shuffle_partitions: 2}
-activity: {n_estimators: 20, train_target_days: 2, lookback_days: 7, early_stopping_rounds: 5}
-two_tower: {epochs: 1, train_window_days: 7, recall_queries: 50, torch_threads: 1}
-retrieval: {k: {two_tower: 200, i2i2u: 100, i2u2u: 100}}
-rank: {epochs: 1, train_window_days: 2, max_train_rows: 20000, torch_threads: 1}
-dispatch: {L: 50, batches_per_day: 4}
-metrics: {max_items: 100}
-"""
+DAY = dt.date.fromisoformat(ROUTE_DAY)
 # embedding tables (list columns) are compared by key and by their largest elementwise difference:
 # two-tower training is deterministic (models/__init__.py pins MKL/OpenMP), measured 0.0 between a
 # local and a cluster run of the same day
 EMBEDDING_TABLES = {"user_embeddings": "user_id"}
 # wall/CPU timings differ run to run by nature; every other metric must be equal
 TIMING_PREFIXES = ("cost.stage_seconds.", "cost.total_seconds", "cost.rows_per_second.")
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cluster_cfg") / "fast.yaml"
-    path.write_text(CONFIG)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +139,7 @@ def _stage_outputs(stage: str) -> list[str]:
     return [*spec.outputs, *(f"_models/{a}" for a in spec.artifacts)]
 
 
-def test_every_stage_on_a_standalone_cluster_equals_local_mode(tiny_world, cluster, shipped, config_path, spark,
+def test_every_stage_on_a_standalone_cluster_equals_local_mode(tiny_day, cluster, shipped, route_config_path, spark,
                                                                tmp_path):
     """Each stage runs on the cluster from the local run's inputs, so a difference is that stage's own.
 
@@ -167,11 +149,8 @@ def test_every_stage_on_a_standalone_cluster_equals_local_mode(tiny_world, clust
     """
     from pyspark.testing import assertDataFrameEqual
 
-    local, remote = str(tmp_path / "local"), str(tmp_path / "cluster")
-    shutil.copytree(tiny_world, local)
-    t0 = time.time()
-    assert cli_main(["run", "--lake", local, "--date", DAY.isoformat(), "--config", config_path]) == 0
-    local_s = time.time() - t0
+    # the local-mode run of the day (``dualrec run``, the session fixture tiny_day, shared with test_e2e)
+    local, remote = tiny_day, str(tmp_path / "cluster")
     shutil.copytree(local, remote)
 
     seconds, compared, drift = {}, [], {}
@@ -179,7 +158,7 @@ def test_every_stage_on_a_standalone_cluster_equals_local_mode(tiny_world, clust
         for rel in _stage_outputs(stage):
             shutil.rmtree(_partition(remote, rel), ignore_errors=True)
         t = time.time()
-        proc = _submit(stage, cluster["url"], shipped, remote, config_path, tmp_path)
+        proc = _submit(stage, cluster["url"], shipped, remote, route_config_path, tmp_path)
         seconds[stage] = round(time.time() - t, 1)
         assert proc.returncode == 0, f"stage {stage} on the cluster:\n{proc.stderr[-4000:]}"
         for rel in _stage_outputs(stage):
@@ -199,7 +178,7 @@ def test_every_stage_on_a_standalone_cluster_equals_local_mode(tiny_world, clust
             if os.path.isdir(_partition(local, rel)):
                 shutil.rmtree(_partition(remote, rel), ignore_errors=True)
                 shutil.copytree(_partition(local, rel), _partition(remote, rel))
-    print(f"local run {local_s:.0f}s; cluster stages {json.dumps(seconds)}; {json.dumps(drift)}")
+    print(f"cluster stages {json.dumps(seconds)}; {json.dumps(drift)}")
 
     apps = http_json(cluster["state"])["completedapps"]
     assert sorted(a["name"] for a in apps) == sorted(f"dualrec-{s}" for s in STAGES), apps

@@ -1,5 +1,8 @@
 """End to end on a tiny synthetic world: run, invariants, evaluate, rerun, backfill, spark-submit.
 
+The day run is the session fixture ``tiny_day`` (tiny_world, every stage of 2026-01-10 with the
+route tests' small config), shared with tests/test_cluster.py, which compares a cluster run to it.
+
 The DAG under a real Airflow scheduler: tests/test_airflow_run.py; the cluster route: tests/test_cluster.py.
 """
 
@@ -15,14 +18,14 @@ import sys
 import pyarrow.compute as pc
 import pytest
 
+from dualrec.config import DualRecConfig
 from dualrec.lake import Lake
 from jobs.cli import main as cli_main
+from services import ROUTE_DAY
 
 pytestmark = pytest.mark.slow
 
-START = "2026-01-01"
-DAYS = 12
-RUN_DAY = dt.date(2026, 1, 10)
+RUN_DAY = dt.date.fromisoformat(ROUTE_DAY)
 FAST = ["--set", "two_tower.epochs=1", "--set", "rank.epochs=1", "--set", "activity.n_estimators=60"]
 
 SPEC_PATHS = [
@@ -36,27 +39,26 @@ SPEC_PATHS = [
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> str:
-    from dualrec.synth import generate
-
-    root = str(tmp_path_factory.mktemp("e2e") / "lake")
-    generate(root, preset="tiny", start=START, days=DAYS, seed=11)
-    return root
+def cfg_args(route_config_path) -> list[str]:
+    """The config the day ran with (tiny_day): every later command of these tests uses it too."""
+    return ["--config", route_config_path]
 
 
 @pytest.fixture(scope="module")
-def ran(world, spark) -> str:
-    code = cli_main(["run", "--lake", world, "--date", RUN_DAY.isoformat(), *FAST])
-    assert code == 0
-    return world
+def ran(tiny_day, tmp_path_factory) -> str:
+    """A private copy of the run day: the tests below rerun it and backfill into it."""
+    root = str(tmp_path_factory.mktemp("e2e") / "lake")
+    shutil.copytree(tiny_day, root)
+    return root
 
 
 def _match_sets(lake: Lake):
     return lake.read_table("match_sets", RUN_DAY).to_pandas()
 
 
-def test_run_publishes_every_output_and_keeps_invariants(ran):
+def test_run_publishes_every_output_and_keeps_invariants(ran, route_config_path):
     lake = Lake(ran)
+    L = DualRecConfig.load(route_config_path).dispatch.L
     for table in ("activity_scores", "user_embeddings", "candidates", "ranked", "match_sets", "user_match_sets",
                   "available_users"):
         assert lake.has_partition(table, RUN_DAY), table
@@ -64,15 +66,15 @@ def test_run_publishes_every_output_and_keeps_invariants(ran):
     ms = _match_sets(lake)
     assert len(ms) > 0
     assert ms.groupby("user_id").size().max() <= 10  # |D_u| <= Q
-    assert ms.groupby("item_id").size().max() <= 200  # each item <= L
+    assert ms.groupby("item_id").size().max() <= L  # each item <= L
     avail = lake.read_table("activity_scores", RUN_DAY).to_pandas()
     assert set(ms.user_id) <= set(avail.loc[avail.available, "user_id"])
     um = lake.read_table("user_match_sets", RUN_DAY)
     assert pc.max(pc.list_value_length(um.column("items"))).as_py() <= 10
 
 
-def test_evaluate_json_has_every_spec_path(ran, capsys):
-    assert cli_main(["evaluate", "--lake", ran, "--date", RUN_DAY.isoformat(), "--json"]) == 0
+def test_evaluate_json_has_every_spec_path(ran, cfg_args, capsys):
+    assert cli_main(["evaluate", "--lake", ran, "--date", RUN_DAY.isoformat(), "--json", *cfg_args]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     metrics = json.loads(out)
     for path in SPEC_PATHS:
@@ -84,30 +86,31 @@ def test_evaluate_json_has_every_spec_path(ran, capsys):
     assert os.path.isfile(os.path.join(ran, "_reports", f"dt={RUN_DAY}", "index.html"))
 
 
-def test_rerun_same_day_gives_identical_match_sets(ran):
+def test_rerun_same_day_gives_identical_match_sets(ran, cfg_args):
     lake = Lake(ran)
     before = _match_sets(lake).sort_values(["item_id", "user_id"]).reset_index(drop=True)
-    assert cli_main(["run", "--lake", ran, "--date", RUN_DAY.isoformat(), *FAST]) == 0
+    assert cli_main(["run", "--lake", ran, "--date", RUN_DAY.isoformat(), *cfg_args]) == 0
     after = _match_sets(lake).sort_values(["item_id", "user_id"]).reset_index(drop=True)
     assert before[["item_id", "user_id", "batch", "rank_in_item"]].equals(after[["item_id", "user_id", "batch", "rank_in_item"]])
     assert (before.g - after.g).abs().max() < 1e-6
 
 
-def test_backfill_skips_complete_days_and_runs_missing_ones(ran, capsys):
+def test_backfill_skips_complete_days_and_runs_missing_ones(ran, cfg_args, capsys):
     prev = (RUN_DAY - dt.timedelta(days=1)).isoformat()
-    assert cli_main(["backfill", "--lake", ran, "--start", prev, "--end", RUN_DAY.isoformat(), *FAST]) == 0
+    assert cli_main(["backfill", "--lake", ran, "--start", prev, "--end", RUN_DAY.isoformat(), *cfg_args]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status[prev] == "done" and status[RUN_DAY.isoformat()].startswith("skipped")
 
 
-def test_spark_submit_runs_a_stage_from_a_shell(ran, tmp_path):
+def test_spark_submit_runs_a_stage_from_a_shell(ran, cfg_args, tmp_path):
     """`spark-submit jobs/dispatch.py --lake … --date …` works on an installed package."""
     lake_copy = str(tmp_path / "lake")
     shutil.copytree(ran, lake_copy)
     Lake(lake_copy)  # noqa: B018 - same layout
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     proc = subprocess.run(
-        ["spark-submit", "--master", "local[2]", "jobs/dispatch.py", "--lake", lake_copy, "--date", RUN_DAY.isoformat()],
+        ["spark-submit", "--master", "local[2]", "jobs/dispatch.py", "--lake", lake_copy, "--date", RUN_DAY.isoformat(),
+         *cfg_args],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

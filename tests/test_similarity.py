@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from dualrec.config import DualRecConfig, TwoTowerConfig
@@ -153,27 +152,15 @@ def test_stage_on_hand_made_world(spark, tmp_path):
     assert set(res["sim"]["similar_item_id"]) & set(lake.read_table("items", START).column("item_id").to_pylist())
 
 
-def test_stage_on_tiny_world(spark, request, tmp_path):
-    try:
-        world = request.getfixturevalue("tiny_world")
-    except pytest.FixtureLookupError:
-        pytest.skip("tiny_world fixture not available yet")
+def test_stage_on_tiny_world(spark, tiny_two_tower, tmp_path):
+    """The stage on the generated world, after the two_tower stage of the session fixture
+    ``tiny_two_tower`` (mid-world day: later partitions exist and must not be read)."""
     from dualrec.stages import similarity as sjob
-    from dualrec.stages import two_tower as tjob
 
     root = tmp_path / "tiny"
-    shutil.copytree(world, root)
-    lake = Lake(str(root))
-    day = lake.partitions("users")[6]  # mid-world: later partitions exist and must not be read
-    users = lake.read_table("users", day).column("user_id").to_numpy()
-    rng = np.random.default_rng(0)
-    avail = rng.random(len(users)) < 0.5
-    lake.write_table("activity_scores", day, pa.table({"user_id": users, "p_active": avail.astype(float), "available": avail}))
-    cfg = DualRecConfig.from_dict(
-        {"seed": 1, "two_tower": {"epochs": 1, "id_buckets": 4096, "train_window_days": 5, "torch_threads": 1}}
-    )
+    shutil.copytree(tiny_two_tower["root"], root)
+    lake, day, cfg = Lake(str(root)), tiny_two_tower["day"], tiny_two_tower["cfg"]
     ctx = StageContext(lake=lake, day=day, cfg=cfg, _spark=spark)
-    tjob.run(ctx)
     out = sjob.run(ctx)
     assert out["item_similar_rows"] > 0 and out["user_similar_rows"] > 0
     _check_outputs(lake, day, cfg.similarity.item_k, cfg.similarity.user_k, cfg.similarity.positives_cap)

@@ -390,34 +390,17 @@ def test_stage_fails_clearly_without_activity_scores(spark, tmp_path):
     assert lake.model_days("user_index") == [] and lake.model_days("two_tower") == []
 
 
-def test_stage_on_tiny_world(spark, request, tmp_path):
-    try:
-        world = request.getfixturevalue("tiny_world")
-    except pytest.FixtureLookupError:
-        pytest.skip("tiny_world fixture not available yet")
-    import shutil
-
-    from dualrec.stages import two_tower as job
+def test_stage_on_tiny_world(tiny_two_tower):
+    """The stage on the generated world (session fixture ``tiny_two_tower``, shared with
+    test_similarity): every user embedded, valid output, an index of exactly the available users."""
     from models.ann import load_index
 
-    root = tmp_path / "tiny"
-    shutil.copytree(world, root)
-    lake = Lake(str(root))
-    day = lake.partitions("users")[-1]
-    vis = lake.read_table("visits", day).to_pandas().sort_values(["sessions", "user_id"], ascending=[False, True])
-    users = lake.read_table("users", day).column("user_id").to_numpy()
-    top = set(vis["user_id"].head(len(users) // 2))
-    lake.write_table(
-        "activity_scores",
-        day,
-        pa.table({"user_id": users, "p_active": np.isin(users, list(top)).astype(float), "available": np.isin(users, list(top))}),
-    )
-    cfg = DualRecConfig.from_dict({"seed": 1, "two_tower": {"epochs": 1, "id_buckets": 4096, "train_window_days": 5}})
-    out = job.run(StageContext(lake=lake, day=day, cfg=cfg, _spark=spark))
-    assert out["users_embedded"] == len(users)
+    lake, day = Lake(tiny_two_tower["root"]), tiny_two_tower["day"]
+    out = tiny_two_tower["out"]
+    assert out["users_embedded"] == len(tiny_two_tower["users"])
     assert lake.validate_dir("user_embeddings", day).ok
     idx = load_index(lake, "user_index", day)
-    assert set(idx.ids.tolist()) == top and idx.meta["recall_at_k"] >= 0.95
+    assert set(idx.ids.tolist()) == tiny_two_tower["available"] and idx.meta["recall_at_k"] >= 0.95
 
 
 # ---------------------------------------------------------------------- bounded driver collects, reproducible bits

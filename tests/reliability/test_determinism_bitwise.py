@@ -27,6 +27,13 @@ from relhelpers import DAY, copy_world, fast_cfg, table_rows
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # four trainings: long on a loaded 2-core box
 
 KEYS = {t: list(TABLES[t].key) for t in TABLES}
+# one epoch, short windows and a smaller K: a rerun that differs differs after one epoch as after
+# three, and the rerun's Arrow batches of 97 rows still split every table many times. The training
+# threads stay at their defaults (2): determinism must hold with more than one intra-op thread.
+CFG = {"two_tower": {"epochs": 1, "train_window_days": 7, "recall_queries": 50},
+       "retrieval": {"k": {"two_tower": 200, "i2i2u": 100, "i2u2u": 100}},
+       "rank": {"epochs": 1, "train_window_days": 2, "user_window_days": 3, "item_history_days": 2,
+                "max_train_rows": 20000}}
 PUBLISHES = {"two_tower": (("user_embeddings",), ("two_tower", "user_index")), "rank": (("ranked",), ("ranker",))}
 
 
@@ -88,7 +95,7 @@ def _assert_reads_declared(stage: str, cfg, seen) -> None:
 
 
 def test_two_tower_and_rank_reruns_are_identical(det_lake, spark, monkeypatch):
-    cfg = fast_cfg()
+    cfg = fast_cfg(**CFG)
 
     def run(stage, spy=False):
         real = importlib.import_module(f"dualrec.stages.{stage}").run
