@@ -192,6 +192,14 @@ class TwoTowerConfig(_Section):
         "after its training window, plus feedback on its day's own uploads, which it left out); False retrains on "
         "the whole window every day",
     )
+    replay_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="incremental warm start: also replay a hash-sampled (seeded, rerun-stable) set of this many x the new "
+        "pairs drawn from the pairs of the window the previous model has already seen. Why: fine-tuning on one day's "
+        "new pairs alone drifts the towers and loses two-tower truth recall (BENCHMARKS section 8, sessions 6-7); "
+        "0 trains on the new pairs only",
+    )
     train_without_uploads: bool = Field(
         False,
         description="False: a day without uploads keeps the previous model and publishes an empty user_embeddings "
