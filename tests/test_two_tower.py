@@ -341,10 +341,13 @@ def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_p
     model2 = load_two_tower(lake, d2)
     assert model2.manifest["warm_start_from"] == d1.isoformat()
     assert model2.manifest["training_window"] == [START.isoformat(), d2.isoformat()]
-    # incremental: only the pairs the day-1 model had not seen (day 2's, and feedback on day 1's uploads)
-    assert model2.manifest["trained_pairs_after"] == d1.isoformat()
+    # incremental: the pairs the day-1 model had not seen (day 2's, and feedback on day 1's uploads),
+    # plus as many (replay_ratio 1 by default) replayed pairs it had seen
+    assert model2.manifest["trained_pairs_after"] == d1.isoformat() and model2.manifest["replay_ratio"] == 1.0
     m2 = model2.manifest["metrics"]
-    assert 0 < out2["pairs"] == m2["new_positive_pairs"] < m2["positive_pairs"]
+    n_new = m2["new_positive_pairs"]
+    assert m2["replay_pairs"] == min(n_new, m2["positive_pairs"] - n_new) > 0
+    assert 0 < n_new < out2["pairs"] == n_new + m2["replay_pairs"] <= m2["positive_pairs"]
     full = job.train_model(_ctx(lake, d2, spark, exact_max=10, ivf_nlist=4, ivf_nprobe=1, incremental=False))[2]
     assert full["trained_pairs_after"] is None and full["metrics"]["pairs"] == m2["positive_pairs"]
     assert out2["index_kind"] == "ivf_flat_ip" and out2["index_recall"] >= 0.95  # nprobe tuned up to the target
@@ -438,7 +441,7 @@ def test_stage_replay_trains_on_new_plus_replayed_pairs_and_reads_nothing_after_
     lake, _ = make_world(tmp_path / "w", days=4, n_users=40, items_per_day=8)
     d1, d2 = START + dt.timedelta(days=1), START + dt.timedelta(days=2)
     job.run(_ctx(lake, d1, spark))
-    plain = job.train_model(_ctx(lake, d2, spark, exact_max=10))[2]
+    plain = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=0))[2]
     half = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=0.5))[2]
     again = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=0.5))[2]
     every = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=1000))[2]
