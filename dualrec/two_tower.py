@@ -240,7 +240,7 @@ def new_pairs(pos, excluded_items, seen_end: dt.date):
 
 def replay_size(n_new: int, ratio: float) -> int:
     """Seen pairs replayed beside ``n_new`` new ones (``two_tower.replay_ratio``)."""
-    return int(round(max(0.0, float(ratio)) * int(n_new)))
+    return round(max(0.0, float(ratio)) * int(n_new))
 
 
 def replay_pairs(pos, excluded_items, window_start: dt.date, seen_end: dt.date, keep: int, seed: int,
