@@ -192,6 +192,14 @@ class TwoTowerConfig(_Section):
         "after its training window, plus feedback on its day's own uploads, which it left out); False retrains on "
         "the whole window every day",
     )
+    replay_ratio: float = Field(
+        1.0,
+        ge=0,
+        description="incremental warm start: also replay this many x the new pairs, a hash-sampled (seeded, rerun-stable) "
+        "set of the window's pairs the previous model has already seen. Why: fine-tuning on one day's new pairs alone "
+        "drifts the towers (small, BENCHMARKS section 8 session 7: two-tower truth recall 0.234 with 0, 0.241 with 0.5, "
+        "0.266 with 1, full retraining 0.251); 1 keeps the recall at 2 days of pairs instead of 14. 0 = new pairs only",
+    )
     train_without_uploads: bool = Field(
         False,
         description="False: a day without uploads keeps the previous model and publishes an empty user_embeddings "

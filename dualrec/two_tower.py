@@ -213,6 +213,62 @@ def trim_pool(t: pa.Table, max_users: int) -> pa.Table:
     return t.filter(pc.is_in(t.column("user_id"), value_set=kept))
 
 
+# ---------------------------------------------------------------------- incremental warm start
+def _is_new(pos, excluded_items, seen_end: dt.date):
+    """``pos`` with a boolean ``_new``: the pair was not in the training of a model whose window
+    ended ``seen_end`` (first positive after it, or on an item of ``excluded_items``)."""
+    from pyspark.sql import functions as F
+
+    new = F.col("day") > F.lit(seen_end)
+    if excluded_items is None:
+        return pos.withColumn("_new", new)
+    ex = excluded_items.select("item_id").distinct().withColumn("_ex", F.lit(True))
+    return (pos.join(F.broadcast(ex), "item_id", "left")
+            .withColumn("_new", new | F.col("_ex").isNotNull()).drop("_ex"))
+
+
+def new_pairs(pos, excluded_items, seen_end: dt.date):
+    """Positive pairs a model trained on the window ending ``seen_end`` has not seen: first positive
+    after ``seen_end``, or on an item of ``excluded_items`` (the uploads of the model's own day,
+    which ``exclude_day_uploads`` kept out of its training)."""
+    from pyspark.sql import functions as F
+
+    if excluded_items is None:
+        return pos.where(F.col("day") > F.lit(seen_end))
+    return _is_new(pos, excluded_items, seen_end).where(F.col("_new")).drop("_new")
+
+
+def replay_size(n_new: int, ratio: float) -> int:
+    """Seen pairs replayed beside ``n_new`` new ones (``two_tower.replay_ratio``)."""
+    return round(max(0.0, float(ratio)) * int(n_new))
+
+
+def replay_pairs(pos, excluded_items, window_start: dt.date, seen_end: dt.date, keep: int, seed: int,
+                 total: int | None = None):
+    """Exactly ``min(keep, seen)`` of the already-seen positive pairs of the window, hash-sampled.
+
+    Why: fine-tuning a warm model only on the new pairs (about a day of them) drifts the towers
+    towards that day and loses recall on the rest of the window (BENCHMARKS §8, session 6). Mixing
+    in a sample of the pairs it has seen keeps the older signal at a fraction of full retraining.
+    The seen pairs are the complement of :func:`new_pairs` restricted to the window
+    ``[window_start, seen_end]`` (nothing after the previous model's cutoff, so nothing after D).
+    The sample is the ``keep`` pairs with the smallest (xxhash64 rank, user_id, item_id): the same
+    on a rerun whatever the partitioning. ``total`` (the seen pairs, when known) lets the executors
+    drop most rows before the exact top-``keep``. Columns of ``pos`` are kept."""
+    from pyspark.sql import functions as F
+
+    cols = pos.columns
+    if keep <= 0:
+        return pos.where(F.lit(False))
+    inside = (F.col("day") >= F.lit(window_start)) & (F.col("day") <= F.lit(seen_end))
+    seen = _is_new(pos.where(inside), excluded_items, seen_end).where(~F.col("_new")).drop("_new")
+    ranked = seen.withColumn("_rr", hash_rank("user_id", "item_id", seed=seed))
+    if total is not None and total > keep:  # a superset of `keep` rows with 6 sigma to spare, then exact
+        frac = min(1.0, (keep + 6.0 * np.sqrt(keep) + 50.0) / total)
+        ranked = ranked.where(F.col("_rr") < F.lit(int(frac * RANK_SPACE)))
+    return ranked.orderBy("_rr", "user_id", "item_id").limit(int(keep)).select(*cols)
+
+
 # ---------------------------------------------------------------------- inference in Spark
 _WORKER_MODELS: dict[str, object] = {}
 

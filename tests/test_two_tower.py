@@ -341,10 +341,13 @@ def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_p
     model2 = load_two_tower(lake, d2)
     assert model2.manifest["warm_start_from"] == d1.isoformat()
     assert model2.manifest["training_window"] == [START.isoformat(), d2.isoformat()]
-    # incremental: only the pairs the day-1 model had not seen (day 2's, and feedback on day 1's uploads)
-    assert model2.manifest["trained_pairs_after"] == d1.isoformat()
+    # incremental: the pairs the day-1 model had not seen (day 2's, and feedback on day 1's uploads),
+    # plus as many (replay_ratio 1 by default) replayed pairs it had seen
+    assert model2.manifest["trained_pairs_after"] == d1.isoformat() and model2.manifest["replay_ratio"] == 1.0
     m2 = model2.manifest["metrics"]
-    assert 0 < out2["pairs"] == m2["new_positive_pairs"] < m2["positive_pairs"]
+    n_new = m2["new_positive_pairs"]
+    assert m2["replay_pairs"] == min(n_new, m2["positive_pairs"] - n_new) > 0
+    assert 0 < n_new < out2["pairs"] == n_new + m2["replay_pairs"] <= m2["positive_pairs"]
     full = job.train_model(_ctx(lake, d2, spark, exact_max=10, ivf_nlist=4, ivf_nprobe=1, incremental=False))[2]
     assert full["trained_pairs_after"] is None and full["metrics"]["pairs"] == m2["positive_pairs"]
     assert out2["index_kind"] == "ivf_flat_ip" and out2["index_recall"] >= 0.95  # nprobe tuned up to the target
@@ -363,7 +366,7 @@ def test_stage_writes_embeddings_model_and_index_of_available_users(spark, tmp_p
 def test_new_pairs_are_the_ones_a_warm_start_has_not_seen(spark):
     """After a model whose window ended on d1: pairs first seen after d1, plus feedback on the items
     uploaded on d1 (left out of that model's training by exclude_day_uploads); nothing else."""
-    from dualrec.stages.two_tower import new_pairs
+    from dualrec.two_tower import new_pairs
 
     d0, d1, d2 = START, START + dt.timedelta(days=1), START + dt.timedelta(days=2)
     pos = spark.createDataFrame(
@@ -372,6 +375,85 @@ def test_new_pairs_are_the_ones_a_warm_start_has_not_seen(spark):
     got = sorted((r["user_id"], r["item_id"]) for r in new_pairs(pos, excluded, d1).collect())
     assert got == [(3, 13), (4, 19), (5, 19), (6, 12)]
     assert sorted((r["user_id"], r["item_id"]) for r in new_pairs(pos, None, d1).collect()) == [(3, 13), (5, 19), (6, 12)]
+
+
+def _ten_pairs(spark, d):
+    """Ten positive pairs around a warm start whose model's window was [d(1), d(3)]; D = d(4)."""
+    rows = [(1, 11, d(0)),   # before the window
+            (2, 12, d(1)), (3, 13, d(1)), (4, 14, d(2)), (5, 15, d(2)), (6, 16, d(3)),  # seen
+            (7, 19, d(3)),   # on an item of the model's own day, left out of its training: new
+            (8, 17, d(4)),   # new (day D)
+            (9, 18, d(5)), (10, 18, d(6))]  # after the cutoff (must never be read)
+    return spark.createDataFrame(rows, "user_id long, item_id long, day date")
+
+
+def test_replay_sample_is_seen_pairs_inside_the_window_only(spark):
+    """The replayed pairs are ones the previous model trained on: inside [window start, its cutoff],
+    not on its day's excluded uploads, never new, never after the cutoff."""
+    from dualrec.two_tower import replay_pairs
+
+    def d(k):
+        return START + dt.timedelta(days=k)
+
+    pos = _ten_pairs(spark, d)
+    excluded = spark.createDataFrame([(19,)], "item_id long")
+    got = replay_pairs(pos, excluded, d(1), d(3), keep=100, seed=7)
+    assert got.columns == pos.columns
+    assert sorted(r["user_id"] for r in got.collect()) == [2, 3, 4, 5, 6]
+    assert sorted(r["user_id"] for r in replay_pairs(pos, None, d(1), d(3), 100, 7).collect()) == [2, 3, 4, 5, 6, 7]
+    assert replay_pairs(pos, excluded, d(1), d(3), 0, 7).count() == 0
+
+
+def test_replay_sample_is_deterministic_and_its_size_follows_the_ratio(spark):
+    from dualrec.two_tower import replay_pairs, replay_size
+
+    def d(k):
+        return START + dt.timedelta(days=k)
+
+    rows = [(u, 100 + u % 7, d(u % 3)) for u in range(200)]  # 200 seen pairs (days 0..2)
+    pos = spark.createDataFrame(rows, "user_id long, item_id long, day date")
+    assert [replay_size(40, r) for r in (0, 0.5, 1, 2.5)] == [0, 20, 40, 100]
+
+    def ids(df):
+        return sorted((r["user_id"], r["item_id"]) for r in df.collect())
+
+    for keep in (1, 13, 60, 200, 500):
+        a = replay_pairs(pos, None, d(0), d(2), keep, seed=3)
+        b = replay_pairs(pos.repartition(5).orderBy(_desc("user_id")), None, d(0), d(2), keep, seed=3, total=200)
+        assert len(ids(a)) == min(keep, 200)
+        assert ids(a) == ids(b)  # rerun-stable whatever the partitioning, with or without the prefilter
+    # a bigger sample contains the smaller one (the same hash order), another seed draws others
+    assert set(ids(replay_pairs(pos, None, d(0), d(2), 13, 3))) <= set(ids(replay_pairs(pos, None, d(0), d(2), 60, 3)))
+    assert ids(replay_pairs(pos, None, d(0), d(2), 60, 3)) != ids(replay_pairs(pos, None, d(0), d(2), 60, 4))
+
+
+def _desc(c):
+    from pyspark.sql import functions as F
+
+    return F.col(c).desc()
+
+
+def test_stage_replay_trains_on_new_plus_replayed_pairs_and_reads_nothing_after_d(spark, tmp_path):
+    """Warm start of d2 with replay: new + round(ratio x new) seen pairs; a ratio large enough to
+    replay everything trains on exactly the window's pairs, though the lake holds a later day."""
+    from dualrec.stages import two_tower as job
+
+    lake, _ = make_world(tmp_path / "w", days=4, n_users=40, items_per_day=8)
+    d1, d2 = START + dt.timedelta(days=1), START + dt.timedelta(days=2)
+    job.run(_ctx(lake, d1, spark))
+    plain = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=0))[2]
+    half = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=0.5))[2]
+    again = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=0.5))[2]
+    every = job.train_model(_ctx(lake, d2, spark, exact_max=10, replay_ratio=1000))[2]
+    full = job.train_model(_ctx(lake, d2, spark, exact_max=10, incremental=False))[2]
+    m0, mh, me = plain["metrics"], half["metrics"], every["metrics"]
+    n_new, n_window = m0["new_positive_pairs"], m0["positive_pairs"]
+    assert 0 < n_new < n_window and m0["replay_pairs"] == 0 and m0["pairs"] == n_new
+    assert mh["new_positive_pairs"] == n_new and mh["replay_pairs"] == round(0.5 * n_new) <= n_window - n_new
+    assert mh["pairs"] == n_new + mh["replay_pairs"] and half["replay_ratio"] == 0.5
+    assert mh["epoch_loss"] == again["metrics"]["epoch_loss"]  # a rerun replays the same pairs
+    # everything seen replayed: the window's pairs exactly, nothing of day 3 (after D)
+    assert me["replay_pairs"] == n_window - n_new and me["pairs"] == n_window == full["metrics"]["pairs"]
 
 
 def test_stage_fails_clearly_without_activity_scores(spark, tmp_path):

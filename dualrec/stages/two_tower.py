@@ -104,11 +104,22 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     # explicit positives of the window, cached: they feed the features, the sample and the item set
     pos = T.positive_pairs(inter, exclude).join(items.select("item_id"), "item_id", "left_semi").cache()
     feats = T.user_features(users, visits, inter, items, day, content_dim, exclude, pairs=pos).cache()
-    # the pairs trained on: all of the window, or (incremental warm start) those the previous model has not seen
-    train_pos = pos if seen_end is None else new_pairs(pos, lake.read_df(spark, "items", [seen_day], with_dt=False)
-                                                       if cfg.exclude_day_uploads else None, seen_end)
+    # the pairs trained on: all of the window, or (incremental warm start) those the previous model has not
+    # seen plus a replayed sample of those it has (two_tower.replay_ratio x the new ones)
+    seen_items = (lake.read_df(spark, "items", [seen_day], with_dt=False) if cfg.exclude_day_uploads else None) \
+        if seen_end is not None else None
+    train_pos = pos if seen_end is None else T.new_pairs(pos, seen_items, seen_end)
     n_pairs = train_pos.count()
     n_window = n_pairs if train_pos is pos else pos.count()
+    n_new, n_replay, replay = n_pairs, 0, None
+    if seen_end is not None and (keep := T.replay_size(n_new, cfg.replay_ratio)) > 0:
+        replay = T.replay_pairs(pos, seen_items, window[0], seen_end, keep, ctx.seed("two_tower.replay"),
+                                total=n_window - n_new).cache()
+        n_replay = replay.count()
+        train_pos = train_pos.select(*pos.columns).unionByName(replay)
+        n_pairs = n_new + n_replay
+        log.info("two_tower %s: %d new pairs + %d replayed seen pairs (ratio %s) of %d in the window",
+                 day, n_new, n_replay, cfg.replay_ratio, n_window)
     # every driver collect below is bounded by config, not by the lake: pairs and pool users are
     # sampled on the executors by a hash rank, trimmed exactly on the driver, and only the users
     # and items they touch come back. Each collected frame is put in a fixed order (Spark's row
@@ -128,7 +139,7 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     act_days = [d for d in window if lake.has_partition("activity_scores", d)]
     activity = lake.read_df(spark, "activity_scores", act_days) if act_days else None
     pool_df = T.negative_pool(activity, visits, window, act_days)
-    if pool_df is not None and seen_end is not None:  # negatives are drawn from the pools of the pairs' days only
+    if pool_df is not None and seen_end is not None and n_replay == 0:  # negatives come from the pairs' days' pools
         pool_df = pool_df.where(F.col("day") >= F.lit(min(seen_day, seen_end + dt.timedelta(days=1))))
     pools: dict[int, np.ndarray] = {}
     touched = sampled.select("user_id")
@@ -147,6 +158,8 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
         touched = touched.unionByName(pool_s.select("user_id"))
     feat_arrow = feats.join(touched.distinct(), "user_id", "left_semi").toArrow().sort_by("user_id")
     pos.unpersist()
+    if replay is not None:
+        replay.unpersist()
     t_collect = time.perf_counter() - t0
 
     kept: dict[str, Any] = {}
@@ -170,7 +183,9 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
         "warm_start_from": warm_from.isoformat() if warm_from else None,
         # the pairs trained on this time: the whole window, or only the ones a warm start had not seen
         "trained_pairs_after": seen_end.isoformat() if seen_end is not None else None,
-        "metrics": {**metrics, "positive_pairs": int(n_window), "new_positive_pairs": int(n_pairs), "feature_users": feat_arrow.num_rows,
+        "replay_ratio": cfg.replay_ratio if seen_end is not None else None,
+        "metrics": {**metrics, "positive_pairs": int(n_window), "new_positive_pairs": int(n_new),
+                    "replay_pairs": int(n_replay), "feature_users": feat_arrow.num_rows,
                     "negative_pool_users": int(min(pool_users, cfg.negative_pool_max_users)),
                     "negative_pool_days": len(pools)},
         "feature_config": {
@@ -194,19 +209,6 @@ def _seen(m: dict[str, Any]) -> tuple[dt.date, dt.date]:
     one the weights were trained on. ``m`` is the manifest the warm start loaded with the model."""
     end = dt.date.fromisoformat(m["training_window"][1])
     return end, dt.date.fromisoformat(m.get("kept_from") or m.get("day") or end.isoformat())
-
-
-def new_pairs(pos, excluded_items, seen_end: dt.date):
-    """Positive pairs a model trained on the window ending ``seen_end`` has not seen: first positive
-    after ``seen_end``, or on an item of ``excluded_items`` (the uploads of the model's own day,
-    which ``exclude_day_uploads`` kept out of its training)."""
-    from pyspark.sql import functions as F
-
-    new = F.col("day") > F.lit(seen_end)
-    if excluded_items is None:
-        return pos.where(new)
-    ex = excluded_items.select("item_id").distinct().withColumn("_ex", F.lit(True))
-    return pos.join(F.broadcast(ex), "item_id", "left").where(new | F.col("_ex").isNotNull()).drop("_ex")
 
 
 def build_user_index(ctx: StageContext, model, emb_df) -> dict[str, Any]:
