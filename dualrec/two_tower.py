@@ -233,8 +233,6 @@ def new_pairs(pos, excluded_items, seen_end: dt.date):
     which ``exclude_day_uploads`` kept out of its training)."""
     from pyspark.sql import functions as F
 
-    if excluded_items is None:
-        return pos.where(F.col("day") > F.lit(seen_end))
     return _is_new(pos, excluded_items, seen_end).where(F.col("_new")).drop("_new")
 
 
@@ -263,9 +261,10 @@ def replay_pairs(pos, excluded_items, window_start: dt.date, seen_end: dt.date, 
     inside = (F.col("day") >= F.lit(window_start)) & (F.col("day") <= F.lit(seen_end))
     seen = _is_new(pos.where(inside), excluded_items, seen_end).where(~F.col("_new")).drop("_new")
     ranked = seen.withColumn("_rr", hash_rank("user_id", "item_id", seed=seed))
-    if total is not None and total > keep:  # a superset of `keep` rows with 6 sigma to spare, then exact
-        frac = min(1.0, (keep + 6.0 * np.sqrt(keep) + 50.0) / total)
-        ranked = ranked.where(F.col("_rr") < F.lit(int(frac * RANK_SPACE)))
+    # a superset of `keep` rows with 6 sigma (+50) to spare, then the exact top-`keep`
+    thr = rank_threshold(total, keep, slack=1.0 + (6.0 * np.sqrt(keep) + 50.0) / keep) if total is not None else None
+    if thr is not None:
+        ranked = ranked.where(F.col("_rr") < F.lit(thr))
     return ranked.orderBy("_rr", "user_id", "item_id").limit(int(keep)).select(*cols)
 
 

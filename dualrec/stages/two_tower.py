@@ -106,8 +106,9 @@ def train_model(ctx: StageContext) -> tuple[Any, Any, dict[str, Any], dict[str, 
     feats = T.user_features(users, visits, inter, items, day, content_dim, exclude, pairs=pos).cache()
     # the pairs trained on: all of the window, or (incremental warm start) those the previous model has not
     # seen plus a replayed sample of those it has (two_tower.replay_ratio x the new ones)
-    seen_items = (lake.read_df(spark, "items", [seen_day], with_dt=False) if cfg.exclude_day_uploads else None) \
-        if seen_end is not None else None
+    seen_items = None  # the uploads the previous model's day left out of its training
+    if seen_end is not None and cfg.exclude_day_uploads:
+        seen_items = lake.read_df(spark, "items", [seen_day], with_dt=False)
     train_pos = pos if seen_end is None else T.new_pairs(pos, seen_items, seen_end)
     n_pairs = train_pos.count()
     n_window = n_pairs if train_pos is pos else pos.count()
