@@ -322,11 +322,12 @@ def score_candidates(candidates, side: SideArrays, model, beta: dict[str, float]
     """Score D's candidates in ``mapInArrow`` from :class:`SideArrays` broadcast once.
 
     Only (batch, item_id, user_id, channels) cross into Python and (those + s_<task>, theta, g)
-    come back: each worker gathers the user and item halves of the features by ``searchsorted``
-    (:func:`models.ranker.featurize_pairs`) and runs the model in batches of ``batch_rows``. Pairs
-    whose item has no features are dropped (the inner join of :func:`scoring_rows`); unknown
-    users get the zero row (its left join). The model's first layer runs per user and per item
-    (:func:`models.ranker.pair_scorer`), not per pair. Equal to
+    come back: each worker finds each pair's user and item rows by ``searchsorted`` and runs the
+    model in batches of ``batch_rows``, its first layer computed once per user and per item
+    (:func:`models.ranker.pair_scorer`; PROMO models, whose prompt features are per pair, build
+    the pair rows with :func:`models.ranker.featurize_pairs`). Pairs whose item has no features
+    are dropped (the inner join of :func:`scoring_rows`); unknown users get the zero row (its left
+    join). Equal to
     ``integrated_score(score_in_spark(scoring_rows(...)))`` up to float32 summation order.
     """
     from dataclasses import asdict
