@@ -442,6 +442,12 @@ class DispatchConfig(_Section):
         "2 measured best on the creator figures within 1.6 % of the flat floor's feedback (BENCHMARKS 6b)",
     )
     weight_by_p_active: bool = Field(False, description="paced/optimal rank pairs by g * p_active instead of g (measured worse)")
+    optimal_max_flow_edges: int = Field(
+        12_000_000, ge=1,
+        description="optimal: above this many edges the day's flow is split into ceil(edges / this) user-hash shards "
+        "(one flow each; Q stays exact, each item's L and floor are split by its edges per shard). 12M keeps medium "
+        "(11.4M) one exact flow; one flow of 11M edges peaked at ~5 GiB in the Python worker",
+    )
 
 
 class MetricsConfig(_Section):
@@ -477,7 +483,7 @@ class MetricsConfig(_Section):
 ARM_KEYS: tuple[str, ...] = (
     "dispatch.policy", "dispatch.L", "dispatch.Q", "dispatch.forecast_days", "dispatch.optimal_floor_share",
     "dispatch.optimal_floor_bonus", "dispatch.optimal_cover_bonus", "dispatch.weight_by_p_active",
-    "dispatch.optimal_floor_tiers",
+    "dispatch.optimal_floor_tiers", "dispatch.optimal_max_flow_edges",
 )
 """Keys an experiment arm may override: the dispatch stage runs once per arm, every earlier stage
 (activity, models, indexes, candidates, ranking) runs once for all arms, so only dispatch knobs can

@@ -190,20 +190,23 @@ def matching_kernel(item_rank, iidx, n_items, uidx, user_ids, g, cap_u, rem_item
 
 def flow_kernel(
     iidx: np.ndarray, n_items: int, uidx: np.ndarray, g: np.ndarray, cap_u: np.ndarray, cap_items: np.ndarray,
-    floor: np.ndarray | None = None, floor_bonus: float = 0.0, cover_bonus: float = 0.0, floor_tiers: int = 1,
+    floor: np.ndarray | None = None, floor_bonus: float = 0.0, cover_bonus: float | np.ndarray = 0.0,
+    floor_tiers: int = 1, g_top: float | None = None,
 ) -> np.ndarray:
     """Max Σ g + Σ_i bonus_i(n_i) under item caps ``cap_items`` and user caps ``cap_u`` (exact).
 
-    Bonuses are in units of max |g|. Edges must be in a canonical order for reruns to agree
-    (the solver is deterministic for a given input). Edges with g <= 0 and no bonus are never
-    needed by the optimum, but are kept: the caller decides what is a candidate.
+    Bonuses are in units of max |g| (``g_top`` when given: the shards of one day share the day's
+    scale); ``cover_bonus`` is a scalar or one value per item. Edges must be in a canonical order
+    for reruns to agree (the solver is deterministic for a given input). Edges with g <= 0 and no
+    bonus are never needed by the optimum, but are kept: the caller decides what is a candidate.
     """
     n = len(g)
     chosen = np.zeros(n, dtype=bool)
     if n == 0:
         return chosen
     n_users = len(cap_u)
-    top = float(np.max(np.abs(g))) or 1.0
+    top = float(g_top if g_top is not None else np.max(np.abs(g))) or 1.0
+    cover = np.broadcast_to(np.asarray(cover_bonus, dtype=np.float64), (n_items,))
     # divide first: _COST_SCALE / top overflows to inf for a subnormal top (hypothesis found 2.2e-311)
     w = np.rint(np.asarray(g, dtype=np.float64) / top * _COST_SCALE).astype(np.int64)
     cap_items = np.minimum(np.asarray(cap_items, dtype=np.int64), np.bincount(iidx, minlength=n_items))
@@ -219,9 +222,9 @@ def flow_kernel(
 
     fl = np.zeros(n_items, np.int64) if floor is None or floor_bonus <= 0 else np.asarray(floor, dtype=np.int64)
     fl = np.clip(fl, 0, cap_items)
-    first = ((cap_items > 0) & ((cover_bonus > 0) | (fl >= 1))).astype(np.int64)  # the item's first user
+    first = ((cap_items > 0) & ((cover > 0) | (fl >= 1))).astype(np.int64)  # the item's first user
     mid = np.maximum(fl - first, 0)
-    b_first = -np.rint((cover_bonus + floor_bonus * (fl >= 1)) * _COST_SCALE).astype(np.int64)
+    b_first = -np.rint((cover + floor_bonus * (fl >= 1)) * _COST_SCALE).astype(np.int64)
     add(np.full(n_items, src), item_node, first, b_first)
     tiers = max(int(floor_tiers), 1)
     done = np.zeros(n_items, np.int64)  # floor users placed in earlier tiers (the first user counts as tier 0)
@@ -262,15 +265,17 @@ def assign_arrays(
     *,
     floor: Any = None,
     floor_bonus: float = 0.0,
-    cover_bonus: float = 0.0,
+    cover_bonus: Any = 0.0,
     floor_tiers: int = 1,
+    g_top: float | None = None,
 ) -> np.ndarray:
     """Capacity-constrained assignment of one batch (or of a whole day treated as one batch).
 
     Edges are (item_ids[k], user_ids[k]) with score g[k]; ``item_rank`` is the item's upload
     position (smaller = earlier). ``capacity_by_user``: see :func:`capacity_per_edge`. ``L``: the
     item cap, a scalar or per edge. ``policy``: a kernel of :data:`KERNELS` (``floor`` and the
-    bonuses are for ``flow`` only; ``floor`` per edge or scalar). Returns the mask of selected
+    bonuses are for ``flow`` only; ``floor`` and ``cover_bonus`` per edge or scalar; ``g_top``: the g
+    scale of the bonuses, default max |g|). Returns the mask of selected
     edges: each item gets <= its cap, each user <= its capacity. (item, user) pairs must be unique.
     """
     if policy not in KERNELS:
@@ -307,9 +312,13 @@ def assign_arrays(
         fl_e = np.broadcast_to(np.asarray(floor, dtype=np.int64), item_ids.shape)
         fl = np.zeros(len(uniq_i), dtype=np.int64)
         fl[iidx] = fl_e
+    cover: Any = cover_bonus
+    if np.ndim(cover_bonus):  # per edge -> per item
+        cover = np.zeros(len(uniq_i), dtype=np.float64)
+        cover[iidx] = np.asarray(cover_bonus, dtype=np.float64)
     order = canonical_order(item_rank, iidx, len(uniq_i), uidx, len(uniq_u))  # canonical arc order: reruns give the same optimum
     mask = np.zeros(len(g), dtype=bool)
     mask[order] = flow_kernel(
-        iidx[order], len(uniq_i), uidx[order], g[order], cap_u, cap_items, fl, floor_bonus, cover_bonus, floor_tiers
+        iidx[order], len(uniq_i), uidx[order], g[order], cap_u, cap_items, fl, floor_bonus, cover, floor_tiers, g_top
     )
     return mask

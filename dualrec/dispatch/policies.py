@@ -34,11 +34,14 @@ medium's items below m/2.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,6 +49,9 @@ from dualrec.batches import batch_of_seconds
 from dualrec.lake import Lake
 
 from dualrec.dispatch.kernels import assign_arrays
+from dualrec.hashing import hash_bucket
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("arrival", "matching", "paced", "optimal")
 
@@ -59,6 +65,7 @@ class PolicyParams:
     cover_bonus: float = 1.0
     weight_by_p_active: bool = False
     floor_tiers: int = 2
+    max_flow_edges: int = 12_000_000
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PolicyParams":
@@ -68,6 +75,7 @@ class PolicyParams:
             cover_bonus=float(getattr(cfg, "optimal_cover_bonus", cls.cover_bonus)),
             weight_by_p_active=bool(getattr(cfg, "weight_by_p_active", cls.weight_by_p_active)),
             floor_tiers=int(getattr(cfg, "optimal_floor_tiers", cls.floor_tiers)),
+            max_flow_edges=int(getattr(cfg, "optimal_max_flow_edges", cls.max_flow_edges)),
         )
 
 
@@ -141,12 +149,74 @@ def optimal_floor(n_items: int, n_users: int, L: int, Q: int, params: PolicyPara
     return int(math.ceil(params.floor_share * fair_share(n_items, n_users, L, Q)))
 
 
+SHARD_SALT = 0x5EED_F10
+"""Salt of the user hash that assigns users to flow shards (fixed: reruns must shard alike)."""
+
+
+def flow_shards(n_edges: int, max_flow_edges: int) -> int:
+    """Shards of the day's flow: 1 up to ``max_flow_edges`` edges, else ceil(edges / max)."""
+    return max(1, -(-int(n_edges) // max(int(max_flow_edges), 1)))
+
+
+def split_largest_remainder(total: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Split ``total[i]`` over the columns of ``weights[i]`` in proportion (Hamilton's method).
+
+    Every row's parts sum to its total (rows of zero weight get nothing); remainders go to the
+    largest fractional parts, ties to the lower column, so the split is deterministic.
+    """
+    total = np.asarray(total, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64)
+    rows = w.sum(axis=1)
+    share = np.divide(w, rows[:, None], out=np.zeros_like(w), where=rows[:, None] > 0)
+    exact = share * total[:, None]
+    base = np.floor(exact).astype(np.int64)
+    left = np.where(rows > 0, total - base.sum(axis=1), 0)
+    order = np.argsort(-(exact - base), axis=1, kind="stable")  # largest remainder first, ties by column
+    bump = np.arange(w.shape[1])[None, :] < left[:, None]
+    np.put_along_axis(base, order, np.take_along_axis(base, order, axis=1) + bump, axis=1)
+    return base
+
+
 def assign_optimal(item_ids, user_ids, g, item_rank, capacity, L: int, floor: int, params: PolicyParams) -> np.ndarray:
-    """The ``optimal`` kernel call (shared by the NumPy driver and the Spark stage)."""
-    return assign_arrays(
-        item_ids, user_ids, g, item_rank, capacity, L, "flow",
-        floor=floor, floor_bonus=params.floor_bonus, cover_bonus=params.cover_bonus, floor_tiers=params.floor_tiers,
-    )
+    """The ``optimal`` kernel call (shared by the NumPy driver and the Spark stage).
+
+    Up to ``params.max_flow_edges`` edges it is one exact min-cost flow. Above, the flow's memory
+    (OR-tools holds every arc and its reverse, ≈ 10 × the edges' own bytes) would exceed a task,
+    so users are hashed into S shards and each shard solves its own flow: a user's cap Q stays
+    exact (all its edges are in one shard); each item's cap L and floor are split over the shards
+    in proportion to its edges there (largest remainder), its cover bonus goes to the shard with
+    most of its edges, and every shard prices the bonuses on the day's max |g|. What is lost
+    against the single flow is moving an item's slots between shards (docs/scaling.md §6).
+    """
+    kw = dict(floor_bonus=params.floor_bonus, floor_tiers=params.floor_tiers)
+    shards = flow_shards(len(item_ids), params.max_flow_edges)
+    if shards == 1:
+        return assign_arrays(item_ids, user_ids, g, item_rank, capacity, L, "flow", floor=floor,
+                             cover_bonus=params.cover_bonus, **kw)
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    g, item_rank = np.asarray(g), np.asarray(item_rank, dtype=np.int64)
+    shard = hash_bucket(user_ids, shards, salt=SHARD_SALT)
+    _, iidx = np.unique(item_ids, return_inverse=True)
+    n_items = int(iidx.max()) + 1 if iidx.size else 0
+    counts = np.bincount(iidx * shards + shard, minlength=n_items * shards).reshape(n_items, shards)
+    cap_is = split_largest_remainder(np.minimum(int(L), counts.sum(axis=1)), counts)
+    floor_is = split_largest_remainder(np.full(n_items, int(floor)), counts)
+    home = np.argmax(counts, axis=1)  # first column of the max: deterministic
+    g_top = float(np.max(np.abs(g))) if g.size else 1.0
+    mask = np.zeros(len(item_ids), dtype=bool)
+    for s in range(shards):
+        sel = np.flatnonzero(shard == s)
+        if not sel.size:
+            continue
+        cap_s = capacity if np.ndim(capacity) == 0 or isinstance(capacity, Mapping | pd.Series) else np.asarray(capacity)[sel]
+        it = iidx[sel]
+        m = assign_arrays(item_ids[sel], user_ids[sel], g[sel], item_rank[sel], cap_s, cap_is[it, s], "flow",
+                          floor=floor_is[it, s], cover_bonus=np.where(home[it] == s, params.cover_bonus, 0.0),
+                          g_top=g_top, **kw)
+        mask[sel[m]] = True
+        log.info("optimal: flow shard %d/%d: %d edges, %d assigned", s + 1, shards, sel.size, int(m.sum()))
+    return mask
 
 
 def batch_kernel(policy: str) -> str:
