@@ -76,8 +76,12 @@ def fit_days(days: list[dict], paper_users: float) -> list[StageFit]:
     x = np.array([d["users"] for d in days], np.float64)
     out = []
     for kind, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
-        series = {s: np.array([d["stages"][s][key] for d in days], np.float64) for s in stages}
-        series["total"] = np.sum(list(series.values()), axis=0)
+        # a resumed day (day.py --from-stage) has no CPU figure for the stages of its first run: such a
+        # stage gets no fit of that kind, and the total of that kind is left out
+        known = [s for s in stages if all(d["stages"][s].get(key) is not None for d in days)]
+        series = {s: np.array([d["stages"][s][key] for d in days], np.float64) for s in known}
+        if len(known) == len(stages):
+            series["total"] = np.sum(list(series.values()), axis=0)
         for s, y in series.items():
             a, b, resid = fit_linear(x, y)
             k = growth = None
@@ -98,7 +102,7 @@ def format_table(days: list[dict], fits: list[StageFit], paper_users: float, cor
     for f in fits:
         key = "seconds" if f.kind == "wall" else "cpu_seconds"
         meas = " / ".join(
-            f"{(sum(d['stages'][s][key] for s in d['stages']) if f.stage == 'total' else d['stages'][f.stage][key]):.1f}"
+            f"{(sum(v[key] for v in d['stages'].values()) if f.stage == 'total' else d['stages'][f.stage][key]):.1f}"
             for d in days)
         paper = (f"{f.paper_seconds / 3600:.1f}" if f.kind == "cpu" else "")
         wall = (f"{f.paper_seconds / (cores * eff) / 60:.1f} min" if f.kind == "cpu" else "")

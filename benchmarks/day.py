@@ -288,9 +288,15 @@ class TreeSampler:
 PROGRESS = re.compile(r"\[([^\]]+)\] (?:stage )?(\d+)/(\d+) (\w+) (\.\.\.|done in)")
 
 
-def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval: float) -> dict:
-    """``dualrec run`` for one day in a fresh process; per-stage wall, CPU, peak RSS."""
+def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval: float,
+            from_stage: str | None = None) -> dict:
+    """``dualrec run`` for one day in a fresh process; per-stage wall, CPU, peak RSS.
+
+    ``from_stage``: resume a day whose earlier stages are published; those keep their wall time
+    from ``_runs/dt=D/stages.json`` and get null CPU/RSS (``"resumed_from": stage`` in the result)."""
     cmd = [sys.executable, "-m", "jobs.cli", "run", "--lake", str(lake), "--date", day.isoformat()]
+    if from_stage:
+        cmd += ["--from-stage", from_stage]
     for s in sets:
         cmd += ["--set", s]
     load0 = os.getloadavg()
@@ -328,6 +334,9 @@ def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval:
     stages = {}
     for name in STAGES:
         if name not in marks:
+            if from_stage and name in timings and STAGES.index(name) < STAGES.index(from_stage):
+                stages[name] = {"seconds": timings[name], "cpu_seconds": None, "peak_rss_mib": None,
+                                "cpu_by_process": {}, "earlier_run": True}
             continue
         cpu, peak, kinds = sampler.window(*marks[name])
         stages[name] = {"seconds": timings.get(name, round(marks[name][1] - marks[name][0], 3)),
@@ -342,6 +351,7 @@ def run_day(lake: Path, day: dt.date, log_path: Path, sets: list[str], interval:
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in load1],
         "command": " ".join(cmd),
+        "resumed_from": from_stage,
     }
 
 
@@ -434,6 +444,10 @@ def table(result: dict) -> str:
     for name, s in result["stages"].items():
         r = result["stage_rows"].get(name, {})
         rate = r.get("rows_in", 0) / s["seconds"] if s["seconds"] else 0
+        if s.get("earlier_run"):  # resumed day: only the first run's wall time is known
+            lines.append(f"{name:<11} {s['seconds']:>8.1f} {'-':>8} {'-':>8} {'-':>10} {r.get('rows_in', 0):>12,} "
+                         f"{r.get('rows_out', 0):>11,} {rate:>10,.0f}  (earlier run)")
+            continue
         lines.append(f"{name:<11} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['cpu_seconds'] / max(s['seconds'], 1e-9):>8.2f} "
                      f"{s['peak_rss_mib']:>6} MiB {r.get('rows_in', 0):>12,} {r.get('rows_out', 0):>11,} {rate:>10,.0f}  "
                      + "/".join(f"{s['cpu_by_process'].get(k, 0):.0f}" for k in ("driver", "jvm", "workers")))
@@ -466,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="an earlier --json of the same day: print the first stage whose outputs differ (reruns must agree)")
     ap.add_argument("--warm", action="store_true",
                     help="steady state: run D-1 first (untimed warm-up: models, caches), then time D")
+    ap.add_argument("--from-stage", choices=list(STAGES),
+                    help="resume the day already in --run-dir (e.g. after a stage failed): run from this stage; "
+                    "earlier stages keep the wall times of the first run, without CPU/RSS")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -474,7 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     w = ensure_world(world_for(Path(args.worlds), args.preset, args.seed, dt.date.fromisoformat(args.start), days))
     meta = w.meta
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.worlds) / "_runs" / args.preset
-    lake = overlay(w, run_dir)
+    if args.from_stage:
+        if args.warm or args.contended:
+            raise SystemExit("--from-stage resumes one timed day: it does not combine with --warm or --contended")
+        lake = run_dir / "lake"
+        if not (lake / "_runs").is_dir():
+            raise SystemExit(f"--from-stage: no earlier run of the day in {lake}")
+    else:
+        lake = overlay(w, run_dir)
     day = w.day
     print(f"{args.preset}: world {w.path} ({meta['summary'].get('users')} users), day {day}, run in {lake}", flush=True)
 
@@ -491,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.contended:
             snapshot = snapshot_lake(lake, run_dir.with_name(run_dir.name + "_contended"))
 
-    res = run_day(lake, day, run_dir / "run.log", args.set, args.sample)
+    res = run_day(lake, day, run_dir / ("run.log" if not args.from_stage else f"run_from_{args.from_stage}.log"),
+                  args.set, args.sample, args.from_stage)
     rows, stage_rows = rows_of(lake, day, cfg)
     res["stage_rows"] = stage_rows
     res["total_seconds"] = round(sum(s["seconds"] for s in res["stages"].values()), 2)
@@ -515,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": res["loadavg_after"],
         "overrides": args.set,
         "mode": "warm" if args.warm else "cold",
+        "resumed_from": args.from_stage,
         "warmup": warmup,
         # row fingerprints of every published table and artefact: two runs' JSONs name the first stage that differs
         "fingerprints": None if args.no_fingerprints else day_fingerprints(Lake(str(lake)), day, *stage_outputs()),

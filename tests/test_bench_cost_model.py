@@ -45,3 +45,14 @@ def test_a_curved_stage_has_a_residual_and_bad_inputs_are_refused(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a benchmarks/day.py"):
         C.load_days([str(tmp_path / "x.json")])
+
+
+def test_a_resumed_day_without_cpu_figures_gets_wall_fits_only(tmp_path):
+    days = [_day(tmp_path / f"{p}.json", p, u, {"rank": 1e-3 * u, "metrics": 2e-3 * u}) for p, u in
+            (("small", 10_000), ("large", 1_000_000))]
+    d = json.loads(open(days[1]).read())
+    d["stages"]["rank"]["cpu_seconds"] = None  # day.py --from-stage metrics: rank ran in the first run
+    open(days[1], "w").write(json.dumps(d))
+    kinds = {(f.stage, f.kind) for f in C.fit_days(C.load_days(days), 1e8)}
+    assert ("rank", "wall") in kinds and ("total", "wall") in kinds and ("metrics", "cpu") in kinds
+    assert ("rank", "cpu") not in kinds and ("total", "cpu") not in kinds
