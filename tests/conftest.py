@@ -15,12 +15,6 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 # Airflow keeps its state (SQLite DB, logs) under AIRFLOW_HOME: never the user's own.
 os.environ.setdefault("AIRFLOW_HOME", os.path.join(tempfile.gettempdir(), "dualrec-airflow-test-home"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-# Every JVM of the suite (the session's, each spark-submit, the Airflow tasks' and the cluster's, through
-# services.TEST_JVM_OPTS) lives seconds to minutes on tiny data: C2 compilation and parallel GC threads then
-# cost CPU that never pays back on 2 cores. Measured on test_dispatch + test_activity: 163 -> 126 process CPU-s.
-from services import TEST_JVM_OPTS  # noqa: E402
-
-os.environ.setdefault("SPARK_SUBMIT_OPTS", TEST_JVM_OPTS)
 
 
 @pytest.fixture(scope="session")

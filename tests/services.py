@@ -19,10 +19,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("dualrec", "jobs", "models", "schemas")
 
-# JVM options of the suite's short-lived JVMs (conftest: SPARK_SUBMIT_OPTS; the cluster's daemons and executors):
-# client compiler only and one GC thread. Tests only: a real day's long stages want C2.
-TEST_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
 # The day every route test runs (tiny_world has 2026-01-01 .. 2026-01-14) and its config: small
 # knobs, since these tests are about the route (local mode, cluster, scheduler, CLI), not model
 # quality. The session fixture ``tiny_day`` (conftest.py) runs this day once in local mode.

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from dualrec.registry import STAGES, stage_spec
-from services import ROUTE_DAY, TEST_JVM_OPTS, Daemon, build_wheel, free_port, http_json, wait_for
+from services import ROUTE_DAY, Daemon, build_wheel, free_port, http_json, wait_for
 
 # ~3-4 min on a quiet 2-core machine (37 min at load average 25); the timeout leaves room for a crowded one
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -45,7 +45,6 @@ def cluster(tmp_path_factory):
         os.environ,
         SPARK_LOCAL_IP="127.0.0.1",
         SPARK_DAEMON_MEMORY="384m",
-        SPARK_DAEMON_JAVA_OPTS=TEST_JVM_OPTS,
         SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false",
     )
     env.pop("PYTHONPATH", None)
@@ -104,7 +103,6 @@ def _submit(stage: str, master: str, shipped: dict, lake: str, config: str, tmp:
     cmd = [
         "spark-submit", "--master", master, "--name", f"dualrec-{stage}",
         "--conf", "spark.executor.memory=1g", "--conf", "spark.cores.max=2", "--conf", "spark.ui.enabled=false",
-        "--conf", f"spark.executor.extraJavaOptions={TEST_JVM_OPTS}",
         "--conf", f"spark.executorEnv.PYTHONPATH={site_dirs}",
         "--py-files", shipped["zip"],
         str(shipped["apps"] / f"{stage}.py"), "--lake", lake, "--date", DAY.isoformat(), "--config", config,
