@@ -36,19 +36,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualrec.batches import batch_of_seconds
 from dualrec.lake import Lake
 
-from dualrec.dispatch.kernels import assign_arrays
+from dualrec.dispatch.kernels import assign_arrays, capacity_per_edge, sorted_codes
 from dualrec.hashing import hash_bucket
 
 log = logging.getLogger(__name__)
@@ -196,9 +194,10 @@ def assign_optimal(item_ids, user_ids, g, item_rank, capacity, L: int, floor: in
     item_ids = np.asarray(item_ids, dtype=np.int64)
     user_ids = np.asarray(user_ids, dtype=np.int64)
     g, item_rank = np.asarray(g), np.asarray(item_rank, dtype=np.int64)
+    cap_e = capacity_per_edge(user_ids, capacity)  # per edge once, sliced per shard
     shard = hash_bucket(user_ids, shards, salt=SHARD_SALT)
-    _, iidx = np.unique(item_ids, return_inverse=True)
-    n_items = int(iidx.max()) + 1 if iidx.size else 0
+    uniq_i, iidx = sorted_codes(item_ids)
+    n_items = uniq_i.size
     counts = np.bincount(iidx * shards + shard, minlength=n_items * shards).reshape(n_items, shards)
     cap_is = split_largest_remainder(np.minimum(int(L), counts.sum(axis=1)), counts)
     floor_is = split_largest_remainder(np.full(n_items, int(floor)), counts)
@@ -209,9 +208,8 @@ def assign_optimal(item_ids, user_ids, g, item_rank, capacity, L: int, floor: in
         sel = np.flatnonzero(shard == s)
         if not sel.size:
             continue
-        cap_s = capacity if np.ndim(capacity) == 0 or isinstance(capacity, Mapping | pd.Series) else np.asarray(capacity)[sel]
         it = iidx[sel]
-        m = assign_arrays(item_ids[sel], user_ids[sel], g[sel], item_rank[sel], cap_s, cap_is[it, s], "flow",
+        m = assign_arrays(item_ids[sel], user_ids[sel], g[sel], item_rank[sel], cap_e[sel], cap_is[it, s], "flow",
                           floor=floor_is[it, s], cover_bonus=np.where(home[it] == s, params.cover_bonus, 0.0),
                           g_top=g_top, **kw)
         mask[sel[m]] = True
